@@ -1,0 +1,63 @@
+# ggtune build. `make` builds bin/ggtune, `make test` runs every test,
+# `make deps` links the pinned llama.cpp headers (third_party/ollama).
+GO      ?= go
+OLLAMA  := github.com/ollama/ollama
+
+# SIMD: -march=native unless PORTABLE=1 (then a baseline x86-64/arm64 build).
+ifeq ($(PORTABLE),1)
+ARCHFLAGS :=
+else
+ARCHFLAGS := -march=native
+endif
+export CGO_CFLAGS   := -O3 $(ARCHFLAGS)
+export CGO_CXXFLAGS := -O3 $(ARCHFLAGS)
+
+TESTFLAGS ?= -count=1 -timeout 80m
+BACKEND_BUILD := build/backends
+
+.PHONY: all deps test bench demo cuda vulkan clean vet
+
+all: bin/ggtune
+
+deps:
+	@$(GO) mod download $(OLLAMA)
+	@dir=$$($(GO) list -m -f '{{.Dir}}' $(OLLAMA)) && test -d "$$dir" && ln -sfn "$$dir" third_party/ollama
+	@echo "third_party/ollama -> $$(readlink third_party/ollama)"
+
+bin/ggtune: deps FORCE
+	$(GO) build -o bin/ggtune ./cmd/ggtune
+
+FORCE:
+
+vet: deps
+	$(GO) vet ./...
+
+test: deps
+	$(GO) test $(TESTFLAGS) ./...
+
+bench: deps
+	$(GO) run ./cmd/ggtune bench
+
+demo: bin/ggtune
+	./bin/ggtune demo
+
+# GPU backends are built from the pinned module's sources with CMake and
+# loaded at run time from GGTUNE_BACKEND_PATH.
+cuda: deps
+	@command -v cmake >/dev/null || { echo "make cuda: cmake not found (apt-get install cmake)"; exit 1; }
+	@command -v nvcc >/dev/null || { echo "make cuda: the CUDA toolkit (nvcc) was not found; install it or put it on PATH"; exit 1; }
+	cmake -S third_party/ollama -B $(BACKEND_BUILD)/cuda -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BACKEND_BUILD)/cuda --target ggml-cuda -j
+	mkdir -p lib && find $(BACKEND_BUILD)/cuda -name 'libggml-cuda*.so' -exec cp {} lib/ \;
+	@echo "built lib/libggml-cuda.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
+
+vulkan: deps
+	@command -v cmake >/dev/null || { echo "make vulkan: cmake not found (apt-get install cmake)"; exit 1; }
+	@command -v glslc >/dev/null || { echo "make vulkan: the Vulkan SDK (glslc, libvulkan-dev) was not found"; exit 1; }
+	cmake -S third_party/ollama -B $(BACKEND_BUILD)/vulkan -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BACKEND_BUILD)/vulkan --target ggml-vulkan -j
+	mkdir -p lib && find $(BACKEND_BUILD)/vulkan -name 'libggml-vulkan*.so' -exec cp {} lib/ \;
+	@echo "built lib/libggml-vulkan.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
+
+clean:
+	rm -rf bin build lib third_party/ollama

@@ -1,0 +1,8 @@
+// Package csrc holds ggtune's own small C helpers, compiled into every
+// binary that imports package binding. It exports no Go API: binding calls
+// the functions declared in ggtune.h.
+package csrc
+
+// #cgo CFLAGS: -O3
+// #cgo CPPFLAGS: -I${SRCDIR}/../third_party/ollama/ml/backend/ggml/ggml/include
+import "C"
