@@ -1,0 +1,64 @@
+package binding
+
+// #include <stdlib.h>
+// #include "ggml.h"
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// BuildBackwardAccumulate is like BuildBackward, but the gradients of the
+// tensors in accs (parameters, and optionally the loss) go to the given
+// persistent accumulators: every computation of the graph adds the new
+// gradient into them, which gives gradient accumulation across micro
+// batches. For the loss, the accumulator holds the loss's seed gradient and
+// must contain 1. Accumulators must be F32, have their tensor's shape, and be
+// allocated; zero them (Tensor.Zero) to start a new accumulation.
+func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tensor) error {
+	if g.ctx.c == nil || gradCtx == nil || gradCtx.c == nil {
+		return fmt.Errorf("build backward: %w", ErrClosed)
+	}
+	if !g.grads {
+		return fmt.Errorf("build backward: %w: graph was created without gradients", ErrNoBackward)
+	}
+	n := g.NumNodes()
+	if n == 0 {
+		return fmt.Errorf("build backward: %w: empty graph", ErrNoBackward)
+	}
+	if err := g.checkBackward(); err != nil {
+		return fmt.Errorf("build backward: %w", err)
+	}
+	if free := g.size - len(g.seen); free < 5*n {
+		return fmt.Errorf("build backward: %w: graph of size %d has room for %d more nodes, needs up to %d", ErrOutOfMemory, g.size, free, 5*n)
+	}
+	byPtr := make(map[*C.struct_ggml_tensor]*Tensor, len(accs))
+	for t, acc := range accs {
+		if t == nil || acc == nil {
+			return fmt.Errorf("build backward: nil tensor or accumulator")
+		}
+		if acc.Type() != TypeF32 || acc.Shape() != t.Shape() || !acc.Allocated() {
+			return fmt.Errorf("build backward: accumulator %s for %s must be an allocated f32 tensor of the same shape", acc, t)
+		}
+		if t.t.flags&(C.GGML_TENSOR_FLAG_PARAM|C.GGML_TENSOR_FLAG_LOSS) == 0 {
+			return fmt.Errorf("build backward: %s is neither a parameter nor the loss", t)
+		}
+		byPtr[t.t] = acc
+	}
+	arr := (**C.struct_ggml_tensor)(C.calloc(C.size_t(n), C.size_t(unsafe.Sizeof((*C.struct_ggml_tensor)(nil)))))
+	defer C.free(unsafe.Pointer(arr))
+	slots := unsafe.Slice(arr, n)
+	found := 0
+	for i := 0; i < n; i++ {
+		if acc, ok := byPtr[C.ggml_graph_node(g.g, C.int(i))]; ok {
+			slots[i] = acc.t
+			found++
+		}
+	}
+	if found != len(byPtr) {
+		return fmt.Errorf("build backward: %d of %d accumulated tensors are not nodes of the graph", len(byPtr)-found, len(byPtr))
+	}
+	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
+	return nil
+}

@@ -1,0 +1,270 @@
+package lora
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/ggtune/ggtune/binding"
+)
+
+// FormatVersion is the version of ggtune's extra LoRA metadata keys
+// (ggtune.lora.*), written so that future readers can check them.
+const FormatVersion = 1
+
+// ErrFormat reports a file that is not a valid LoRA adapter.
+var ErrFormat = errors.New("invalid lora adapter file")
+
+// Save writes the adapter as a llama.cpp LoRA GGUF (general.type
+// "adapter", adapter.type "lora", adapter.lora.alpha, tensors
+// <base>.lora_a/.lora_b in F32) with ggtune's settings in extra ggtune.*
+// keys and a.Meta. The file is written atomically.
+func (a *Adapter) Save(path string) error {
+	w, err := binding.NewGGUFWriter(2 * len(a.weights))
+	if err != nil {
+		return fmt.Errorf("save lora %s: %w", path, err)
+	}
+	defer w.Close()
+	targets := make([]string, len(a.cfg.Targets))
+	for i, t := range a.cfg.Targets {
+		targets[i] = string(t)
+	}
+	layers := make([]int32, len(a.cfg.Layers))
+	for i, l := range a.cfg.Layers {
+		layers[i] = int32(l)
+	}
+	kvs := []binding.KV{
+		{Key: "general.type", Value: "adapter"},
+		{Key: "general.architecture", Value: a.arch},
+		{Key: "adapter.type", Value: "lora"},
+		{Key: "adapter.lora.alpha", Value: a.cfg.FileAlpha()},
+		{Key: "ggtune.format_version", Value: uint32(FormatVersion)},
+		{Key: "ggtune.lora.rank", Value: uint32(a.cfg.Rank)},
+		{Key: "ggtune.lora.alpha", Value: a.cfg.Alpha},
+		{Key: "ggtune.lora.rslora", Value: a.cfg.RSLoRA},
+		{Key: "ggtune.lora.dropout", Value: a.cfg.Dropout},
+		{Key: "ggtune.lora.init", Value: string(a.cfg.Init)},
+		{Key: "ggtune.lora.seed", Value: a.cfg.Seed},
+		{Key: "ggtune.lora.targets", Value: targets},
+		{Key: "ggtune.lora.layers", Value: layers},
+	}
+	for _, kv := range kvs {
+		if err := w.Set(kv.Key, kv.Value); err != nil {
+			return fmt.Errorf("save lora %s: %w", path, err)
+		}
+	}
+	for k, v := range a.Meta {
+		if !strings.HasPrefix(k, "ggtune.") {
+			k = "ggtune.meta." + k
+		}
+		if err := w.Set(k, v); err != nil {
+			return fmt.Errorf("save lora %s: %w", path, err)
+		}
+	}
+	for _, p := range a.weights {
+		for _, t := range []*binding.Tensor{p.A, p.B} {
+			vals, err := t.Floats()
+			if err != nil {
+				return fmt.Errorf("save lora %s: %w", path, err)
+			}
+			for _, v := range vals {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					return fmt.Errorf("save lora %s: tensor %s holds a non-finite value", path, t.Name())
+				}
+			}
+			if err := w.AddFloats(t.Name(), binding.TypeF32, []int64{t.Dim(0), t.Dim(1)}, vals); err != nil {
+				return fmt.Errorf("save lora %s: %w", path, err)
+			}
+		}
+	}
+	if err := w.WriteFile(path); err != nil {
+		return fmt.Errorf("save lora: %w", err)
+	}
+	return nil
+}
+
+// Load reads a LoRA GGUF (written by ggtune or by llama.cpp's converter)
+// into an adapter allocated on backend. If base is not nil the adapter is
+// checked against it (architecture, tensor names and shapes).
+func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapter, error) {
+	f, err := binding.OpenGGUF(path)
+	if err != nil {
+		return nil, fmt.Errorf("load lora: %w", err)
+	}
+	defer f.Close()
+	fail := func(format string, args ...any) (*Adapter, error) {
+		return nil, fmt.Errorf("load lora %s: %w: %s", path, ErrFormat, fmt.Sprintf(format, args...))
+	}
+	if s, _ := f.String("general.type"); s != "adapter" {
+		return fail("general.type is %q, want \"adapter\"", s)
+	}
+	if s, _ := f.String("adapter.type"); s != "lora" {
+		return fail("adapter.type is %q, want \"lora\"", s)
+	}
+	arch, _ := f.String("general.architecture")
+	if arch == "" {
+		return fail("no general.architecture")
+	}
+	fileAlpha, _ := f.Float("adapter.lora.alpha")
+
+	type pair struct{ a, b *binding.GGUFTensorInfo }
+	pairs := map[string]*pair{}
+	var names []string
+	for i := range f.Tensors() {
+		ti := &f.Tensors()[i]
+		var baseName string
+		var isA bool
+		switch {
+		case strings.HasSuffix(ti.Name, ".lora_a"):
+			baseName, isA = strings.TrimSuffix(ti.Name, ".lora_a"), true
+		case strings.HasSuffix(ti.Name, ".lora_b"):
+			baseName = strings.TrimSuffix(ti.Name, ".lora_b")
+		default:
+			return fail("unexpected tensor %q", ti.Name)
+		}
+		if len(ti.Shape) != 2 {
+			return fail("tensor %q has shape %v, want a matrix", ti.Name, ti.Shape)
+		}
+		p := pairs[baseName]
+		if p == nil {
+			p = &pair{}
+			pairs[baseName] = p
+			names = append(names, baseName)
+		}
+		if isA {
+			p.a = ti
+		} else {
+			p.b = ti
+		}
+	}
+	if len(pairs) == 0 {
+		return fail("no lora tensors")
+	}
+	cfg := Config{Init: InitKaiming, Dropout: 0}
+	var slots []slot
+	seenTargets := map[Target]bool{}
+	for _, name := range names {
+		p := pairs[name]
+		if p.a == nil || p.b == nil {
+			return fail("tensor pair for %q is missing one half", name)
+		}
+		t, layer, ok := targetOf(name)
+		if !ok {
+			return fail("cannot adapt %q", name)
+		}
+		var r int64
+		if t == TargetEmbed {
+			if p.a.Shape[0] != p.b.Shape[0] {
+				return fail("%q: rank of lora_a %d != lora_b %d", name, p.a.Shape[0], p.b.Shape[0])
+			}
+			r = p.a.Shape[0]
+		} else {
+			if p.a.Shape[1] != p.b.Shape[0] {
+				return fail("%q: lora_a %v and lora_b %v do not chain", name, p.a.Shape, p.b.Shape)
+			}
+			r = p.a.Shape[1]
+		}
+		if cfg.Rank == 0 {
+			cfg.Rank = int(r)
+		} else if int64(cfg.Rank) != r {
+			return fail("%q has rank %d, other tensors %d (mixed ranks are not supported)", name, r, cfg.Rank)
+		}
+		if base != nil {
+			bi, ok := base.TensorInfo(name)
+			if !ok {
+				return fail("base model %s has no tensor %q", base.Path(), name)
+			}
+			var okShape bool
+			if t == TargetEmbed {
+				okShape = len(bi.Shape) == 2 && bi.Shape[0] == p.b.Shape[1] && bi.Shape[1] == p.a.Shape[1]
+			} else {
+				okShape = len(bi.Shape) == 2 && bi.Shape[0] == p.a.Shape[0] && bi.Shape[1] == p.b.Shape[1]
+			}
+			if !okShape {
+				return fail("%q: lora shapes %v/%v do not fit the base weight %v", name, p.a.Shape, p.b.Shape, bi.Shape)
+			}
+		}
+		if !seenTargets[t] {
+			seenTargets[t] = true
+			cfg.Targets = append(cfg.Targets, t)
+		}
+		slots = append(slots, slot{target: t, layer: layer, base: name,
+			aShape: [2]int64{p.a.Shape[0], p.a.Shape[1]}, bShape: [2]int64{p.b.Shape[0], p.b.Shape[1]}})
+	}
+	if base != nil {
+		if ba, _ := base.String("general.architecture"); ba != arch {
+			return fail("adapter architecture %q does not match the base model's %q", arch, ba)
+		}
+	}
+	// The alpha llama.cpp uses; ggtune's own keys restore rsLoRA settings.
+	cfg.Alpha = float32(fileAlpha)
+	if fileAlpha == 0 {
+		cfg.Alpha = float32(cfg.Rank) // llama.cpp: alpha 0 means scale 1
+	}
+	if v, ok := f.Float("ggtune.lora.alpha"); ok {
+		if rs, _ := f.Get("ggtune.lora.rslora"); rs == true {
+			cfg.Alpha, cfg.RSLoRA = float32(v), true
+		}
+	}
+	if v, ok := f.Float("ggtune.lora.dropout"); ok {
+		cfg.Dropout = float32(v)
+	}
+	if s, ok := f.String("ggtune.lora.init"); ok && (Init(s) == InitGaussian || Init(s) == InitKaiming) {
+		cfg.Init = Init(s)
+	}
+	if v, ok := f.Uint("ggtune.lora.seed"); ok {
+		cfg.Seed = v
+	}
+	if v, ok := f.Get("ggtune.lora.layers"); ok {
+		if ls, ok := v.([]int32); ok && len(ls) > 0 {
+			for _, l := range ls {
+				cfg.Layers = append(cfg.Layers, int(l))
+			}
+		}
+	}
+	a, err := alloc(cfg, arch, slots, backend)
+	if err != nil {
+		return nil, fmt.Errorf("load lora %s: %w", path, err)
+	}
+	for _, w := range a.weights {
+		for _, t := range []*binding.Tensor{w.A, w.B} {
+			vals, err := f.ReadTensorFloats(t.Name())
+			if err == nil {
+				err = t.SetFloats(vals)
+			}
+			if err != nil {
+				a.Close()
+				return nil, fmt.Errorf("load lora %s: %w", path, err)
+			}
+		}
+	}
+	for _, kv := range f.KVs() {
+		if strings.HasPrefix(kv.Key, "ggtune.meta.") {
+			a.Meta[strings.TrimPrefix(kv.Key, "ggtune.meta.")] = kv.Value
+		}
+	}
+	return a, nil
+}
+
+// targetOf maps a base tensor name to its target and block.
+func targetOf(name string) (Target, int, bool) {
+	switch name {
+	case "output.weight":
+		return TargetOutput, -1, true
+	case "token_embd.weight":
+		return TargetEmbed, -1, true
+	}
+	var layer int
+	var infix string
+	if n, err := fmt.Sscanf(name, "blk.%d.%s", &layer, &infix); n != 2 || err != nil {
+		return "", 0, false
+	}
+	infix = strings.TrimSuffix(infix, ".weight")
+	for t, s := range blockTensor {
+		if s == infix {
+			return t, layer, true
+		}
+	}
+	return "", 0, false
+}

@@ -1,0 +1,145 @@
+package lora
+
+import (
+	"fmt"
+
+	"github.com/ggtune/ggtune/binding"
+)
+
+// Scaled is an adapter with the user scale it is applied with (the
+// effective factor is Scale·alpha/r, as in llama.cpp).
+type Scaled struct {
+	Adapter *Adapter
+	Scale   float32
+}
+
+// MergeOptions configure Merge.
+type MergeOptions struct {
+	// Type, if set, is the element type of every merged matrix (for
+	// example binding.TypeF16); otherwise each keeps its base type.
+	Type *binding.Type
+}
+
+// Merge writes to outPath a copy of the base model basePath with the
+// adapters folded into its weights: W' = W + Σ scale·alpha/r·B·A. Merged
+// weights keep their base type (quantized types are re-quantized) unless
+// opts.Type is set. The file is written atomically.
+func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error {
+	base, err := binding.OpenGGUF(basePath)
+	if err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
+	defer base.Close()
+	arch, _ := base.String("general.architecture")
+	for i, s := range adapters {
+		if s.Adapter == nil {
+			return fmt.Errorf("merge: adapter %d is nil", i)
+		}
+		if s.Adapter.Arch() != arch {
+			return fmt.Errorf("merge: adapter %d is for %q, the base model is %q", i, s.Adapter.Arch(), arch)
+		}
+		for _, w := range s.Adapter.Weights() {
+			if _, ok := base.TensorInfo(w.Base); !ok {
+				return fmt.Errorf("merge: adapter %d adapts %s, which %s lacks", i, w.Base, basePath)
+			}
+		}
+	}
+	w, err := binding.NewGGUFWriter(len(base.Tensors()))
+	if err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
+	defer w.Close()
+	for _, kv := range base.KVs() {
+		if err := w.Set(kv.Key, kv.Value); err != nil {
+			return fmt.Errorf("merge: key %s: %w", kv.Key, err)
+		}
+	}
+	for _, ti := range base.Tensors() {
+		var pairs []Scaled
+		for _, s := range adapters {
+			if s.Adapter.Weight(ti.Name) != nil {
+				pairs = append(pairs, s)
+			}
+		}
+		if len(pairs) == 0 {
+			raw, err := base.ReadTensor(ti.Name)
+			if err != nil {
+				return fmt.Errorf("merge: %w", err)
+			}
+			if err := w.AddTensor(ti.Name, ti.Type, ti.Shape, raw); err != nil {
+				return fmt.Errorf("merge: %w", err)
+			}
+			continue
+		}
+		vals, err := base.ReadTensorFloats(ti.Name)
+		if err != nil {
+			return fmt.Errorf("merge: %w", err)
+		}
+		for _, s := range pairs {
+			if err := addDelta(vals, ti.Shape, s.Adapter.Weight(ti.Name), s.Scale*s.Adapter.Scale()); err != nil {
+				return fmt.Errorf("merge %s: %w", ti.Name, err)
+			}
+		}
+		typ := ti.Type
+		if opts.Type != nil {
+			typ = *opts.Type
+		}
+		if err := w.AddFloats(ti.Name, typ, ti.Shape, vals); err != nil {
+			return fmt.Errorf("merge: %w", err)
+		}
+	}
+	if err := w.WriteFile(outPath); err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
+	return nil
+}
+
+// addDelta adds scale·B·A to the base weight values (ggml layout: row o of
+// W holds the n_in inputs of output o).
+func addDelta(wv []float32, shape []int64, p *Weight, scale float32) error {
+	av, err := p.A.Floats()
+	if err != nil {
+		return err
+	}
+	bv, err := p.B.Floats()
+	if err != nil {
+		return err
+	}
+	if len(shape) != 2 {
+		return fmt.Errorf("base weight shape %v is not a matrix", shape)
+	}
+	n0, n1 := shape[0], shape[1]
+	if p.Embedding() {
+		// W [n_embd, n_vocab]; A [r, n_vocab]; B [r, n_embd]:
+		// W[v][e] += scale · Σ_k B[e][k]·A[v][k].
+		r := p.A.Dim(0)
+		for v := int64(0); v < n1; v++ {
+			arow := av[v*r : (v+1)*r]
+			for e := int64(0); e < n0; e++ {
+				brow := bv[e*r : (e+1)*r]
+				var s float32
+				for k := range arow {
+					s += brow[k] * arow[k]
+				}
+				wv[v*n0+e] += scale * s
+			}
+		}
+		return nil
+	}
+	// W [in, out]; A [in, r]; B [r, out]: W[o][i] += scale · Σ_k B[o][k]·A[k][i].
+	r := p.A.Dim(1)
+	for o := int64(0); o < n1; o++ {
+		row := wv[o*n0 : (o+1)*n0]
+		for k := int64(0); k < r; k++ {
+			c := scale * bv[o*r+k]
+			if c == 0 {
+				continue
+			}
+			arow := av[k*n0 : (k+1)*n0]
+			for i := range row {
+				row[i] += c * arow[i]
+			}
+		}
+	}
+	return nil
+}
