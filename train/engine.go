@@ -1,0 +1,536 @@
+// Package train is ggtune's training engine, shared by every method (LoRA,
+// full and head-only fine-tuning, soft prompts): forward + masked
+// cross-entropy + backward with gradient accumulation, AdamW with
+// in-graph global gradient-norm clipping, learning-rate schedules,
+// evaluation, checkpoints, metrics and progress.
+//
+// The engine knows nothing about the method it trains: it sees a Builder
+// that builds the model's forward graph (with the method's hooks), and the
+// list of trainable F32 tensors.
+package train
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/ggtune/ggtune/binding"
+)
+
+// Forward is a built forward pass for a B×T batch.
+type Forward interface {
+	// Logits returns the output logits, [n_vocab, T, B] (F32).
+	Logits() *binding.Tensor
+	// SetBatch fills the graph's inputs (after allocation): tokens and
+	// segment ids, B*T each, sequence-major.
+	SetBatch(tokens, segments []int32) error
+}
+
+// Builder builds forward graphs of the model being trained.
+type Builder interface {
+	// BuildForward adds the forward pass for a B×T batch to ctx. train
+	// selects training behaviour (e.g. dropout).
+	BuildForward(ctx *binding.Context, b, t int, train bool) (Forward, error)
+	// VocabSize returns the number of logits per position.
+	VocabSize() int
+}
+
+// Batch is one B×T training batch. Targets[i] is the token to predict at
+// position i, or -1 where no loss is taken; Segments[i] identifies the
+// packed document of position i (attention never crosses segments).
+type Batch struct {
+	B, T     int
+	Tokens   []int32
+	Targets  []int32
+	Segments []int32
+}
+
+// Validate checks the batch's sizes and target range.
+func (b Batch) Validate(vocab int) error {
+	n := b.B * b.T
+	if b.B <= 0 || b.T <= 0 || len(b.Tokens) != n || len(b.Targets) != n || (b.Segments != nil && len(b.Segments) != n) {
+		return fmt.Errorf("batch %dx%d: tokens %d, targets %d, segments %d", b.B, b.T, len(b.Tokens), len(b.Targets), len(b.Segments))
+	}
+	for i, t := range b.Targets {
+		if t < -1 || int(t) >= vocab {
+			return fmt.Errorf("batch: target %d at %d is outside the vocabulary of %d", t, i, vocab)
+		}
+	}
+	return nil
+}
+
+// LossTokens returns the number of positions that carry a loss.
+func (b Batch) LossTokens() int {
+	n := 0
+	for _, t := range b.Targets {
+		if t >= 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// AdamW holds the optimizer's hyper-parameters.
+type AdamW struct {
+	Beta1, Beta2, Eps, WeightDecay float64
+	// MaxGradNorm clips the global gradient norm (0 disables).
+	MaxGradNorm float64
+}
+
+// DefaultAdamW returns PyTorch's AdamW defaults with clipping at 1.
+func DefaultAdamW() AdamW {
+	return AdamW{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0, MaxGradNorm: 1}
+}
+
+// ErrNoLossTokens reports a batch without any position to learn from.
+var ErrNoLossTokens = errors.New("batch has no loss tokens")
+
+// Engine computes losses, gradients and optimizer steps for fixed-shape
+// batches. It owns its graphs, optimizer state and compute memory; the
+// trainable tensors stay owned by the caller. Not safe for concurrent use.
+type Engine struct {
+	b, t, vocab int
+	backend     *binding.Backend
+	params      []*binding.Tensor
+	opt         AdamW
+
+	state    *binding.Context // grad accumulators, moments, loss seed
+	stateBuf *binding.Buffer
+	accs     []*binding.Tensor
+	ms, vs   []*binding.Tensor
+	seed     *binding.Tensor
+
+	trainCtx   *binding.Context
+	trainGraph *binding.Graph
+	trainAlloc *binding.Allocator
+	trainFwd   Forward
+	trainIn    lossInputs
+
+	evalCtx   *binding.Context
+	evalGraph *binding.Graph
+	evalAlloc *binding.Allocator
+	evalFwd   Forward
+	evalIn    lossInputs
+
+	optCtx   *binding.Context
+	optGraph *binding.Graph
+	optAlloc *binding.Allocator
+	adamPar  *binding.Tensor
+	optIn    [2]*binding.Tensor // max norm, 1/accumulated micro batches
+	normSq   *binding.Tensor
+	epsConst *binding.Tensor
+
+	step        int
+	accumulated int
+}
+
+// lossInputs are the graph tensors of the masked cross-entropy loss.
+//
+// ggml's fused cross entropy assumes every label row sums to one, so a
+// zero label row would still pull gradient into its logits. Ignored
+// positions instead get their logits multiplied by zero and a uniform
+// label row: their loss is the constant log(vocab), removed by offset, and
+// no gradient flows into them.
+type lossInputs struct {
+	labels *binding.Tensor // one-hot targets [vocab, B*T], uniform where ignored
+	mask   *binding.Tensor // 1 where a target exists, else 0: [1, B*T]
+	factor *binding.Tensor // B*T / loss tokens
+	offset *binding.Tensor // -ignored·log(vocab) / loss tokens
+	loss   *binding.Tensor
+}
+
+const graphSize = 1 << 16
+
+// NewEngine builds the training, evaluation and optimizer graphs for b×t
+// batches of the model described by builder, training params.
+func NewEngine(builder Builder, params []*binding.Tensor, backend *binding.Backend, b, t int, opt AdamW) (*Engine, error) {
+	if len(params) == 0 {
+		return nil, fmt.Errorf("new engine: no trainable parameters")
+	}
+	if b <= 0 || t <= 0 {
+		return nil, fmt.Errorf("new engine: batch %dx%d", b, t)
+	}
+	e := &Engine{b: b, t: t, vocab: builder.VocabSize(), backend: backend, params: params, opt: opt}
+	if err := e.initState(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := e.buildTrain(builder); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := e.buildEval(builder); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if err := e.buildOpt(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Engine) initState() error {
+	for _, p := range e.params {
+		if p.Type() != binding.TypeF32 || !p.IsParam() || !p.Allocated() {
+			return fmt.Errorf("new engine: parameter %s must be an allocated f32 tensor marked as a parameter", p)
+		}
+	}
+	ctx, err := binding.NewGraphContext(3*len(e.params)+4, 1, false)
+	if err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	e.state = ctx
+	for _, p := range e.params {
+		sh := p.Shape()
+		e.accs = append(e.accs, ctx.NewTensor(binding.TypeF32, sh[:]...).SetName(p.Name()+".grad"))
+		e.ms = append(e.ms, ctx.NewTensor(binding.TypeF32, sh[:]...).SetName(p.Name()+".adam_m"))
+		e.vs = append(e.vs, ctx.NewTensor(binding.TypeF32, sh[:]...).SetName(p.Name()+".adam_v"))
+	}
+	e.seed = ctx.NewTensor(binding.TypeF32, 1).SetName("loss_seed")
+	if ctx.Err() != nil {
+		return fmt.Errorf("new engine: %w", ctx.Err())
+	}
+	if e.stateBuf, err = e.backend.AllocContext(ctx); err != nil {
+		return fmt.Errorf("new engine: optimizer state: %w", err)
+	}
+	e.stateBuf.Clear(0)
+	return e.seed.SetFloats([]float32{1})
+}
+
+// buildLoss adds the masked mean cross-entropy over the logits.
+func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward) lossInputs {
+	n := int64(e.b * e.t)
+	logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
+	in := lossInputs{
+		labels: ctx.NewTensor(binding.TypeF32, int64(e.vocab), n),
+		mask:   ctx.NewTensor(binding.TypeF32, 1, n),
+		factor: ctx.NewTensor(binding.TypeF32, 1),
+		offset: ctx.NewTensor(binding.TypeF32, 1),
+	}
+	if ctx.Err() != nil {
+		return in
+	}
+	in.labels.SetName("labels").SetInput()
+	in.mask.SetName("loss_mask").SetInput()
+	in.factor.SetName("loss_factor").SetInput()
+	in.offset.SetName("loss_offset").SetInput()
+	ce := ctx.CrossEntropyLoss(ctx.Mul(logits, in.mask), in.labels)
+	in.loss = ctx.Add(ctx.Mul(ce, in.factor), in.offset)
+	if in.loss != nil {
+		in.loss.SetName("loss").SetOutput()
+	}
+	return in
+}
+
+func (e *Engine) buildTrain(builder Builder) error {
+	ctx, err := binding.NewGraphContext(graphSize, graphSize, true)
+	if err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	e.trainCtx = ctx
+	if e.trainFwd, err = builder.BuildForward(ctx, e.b, e.t, true); err != nil {
+		return fmt.Errorf("new engine: training graph: %w", err)
+	}
+	e.trainIn = e.buildLoss(ctx, e.trainFwd)
+	if ctx.Err() != nil {
+		return fmt.Errorf("new engine: training loss: %w", ctx.Err())
+	}
+	if err := e.trainIn.loss.SetLoss(); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if e.trainGraph, err = ctx.NewGraph(graphSize, true); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.trainGraph.BuildForward(e.trainIn.loss); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	accs := map[*binding.Tensor]*binding.Tensor{e.trainIn.loss: e.seed}
+	for i, p := range e.params {
+		accs[p] = e.accs[i]
+	}
+	if err := e.trainGraph.BuildBackwardAccumulate(ctx, accs); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if e.trainAlloc, err = e.backend.NewAllocator(); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.trainAlloc.Alloc(e.trainGraph); err != nil {
+		return fmt.Errorf("new engine: training graph: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) buildEval(builder Builder) error {
+	ctx, err := binding.NewGraphContext(graphSize, graphSize, false)
+	if err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	e.evalCtx = ctx
+	if e.evalFwd, err = builder.BuildForward(ctx, e.b, e.t, false); err != nil {
+		return fmt.Errorf("new engine: evaluation graph: %w", err)
+	}
+	e.evalIn = e.buildLoss(ctx, e.evalFwd)
+	if ctx.Err() != nil {
+		return fmt.Errorf("new engine: evaluation loss: %w", ctx.Err())
+	}
+	e.evalFwd.Logits().SetOutput()
+	if e.evalGraph, err = ctx.NewGraph(graphSize, false); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.evalGraph.BuildForward(e.evalIn.loss); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if e.evalAlloc, err = e.backend.NewAllocator(); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.evalAlloc.Alloc(e.evalGraph); err != nil {
+		return fmt.Errorf("new engine: evaluation graph: %w", err)
+	}
+	return nil
+}
+
+// buildOpt builds the optimizer graph: the global gradient norm, the
+// clipping factor min(1, max/‖g‖) times 1/micro-batches, and one AdamW
+// step per parameter on the scaled accumulated gradient.
+func (e *Engine) buildOpt() error {
+	n := len(e.params)
+	ctx, err := binding.NewGraphContext(12*n+32, 12*n+32, false)
+	if err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	e.optCtx = ctx
+	e.adamPar = ctx.NewTensor(binding.TypeF32, 7).SetName("adamw_params").SetInput()
+	maxNorm := ctx.NewTensor(binding.TypeF32, 1).SetName("max_norm").SetInput()
+	invAcc := ctx.NewTensor(binding.TypeF32, 1).SetName("inv_accumulated").SetInput()
+	e.optIn = [2]*binding.Tensor{maxNorm, invAcc}
+	var normSq *binding.Tensor
+	for _, acc := range e.accs {
+		s := ctx.Sum(ctx.Sqr(acc))
+		if normSq == nil {
+			normSq = s
+		} else {
+			normSq = ctx.Add(normSq, s)
+		}
+	}
+	// The accumulators hold sums over micro batches: the mean gradient is
+	// acc·invAcc, whose norm is ‖acc‖·invAcc.
+	norm := ctx.Mul(ctx.Sqrt(normSq), invAcc)
+	clip := ctx.Clamp(ctx.Div(maxNorm, ctx.Add1(norm, e.epsTensor(ctx))), 0, 1)
+	factor := ctx.Mul(clip, invAcc)
+	e.normSq = ctx.Scale(norm, 1)
+	if e.normSq != nil {
+		e.normSq.SetName("grad_norm").SetOutput()
+	}
+	if e.optGraph, err = ctx.NewGraph(12*n+32, false); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	for i, p := range e.params {
+		g := ctx.Mul(e.accs[i], factor)
+		step := ctx.OptStepAdamW(p, g, e.ms[i], e.vs[i], e.adamPar)
+		if err := e.optGraph.BuildForward(step); err != nil {
+			return fmt.Errorf("new engine: optimizer graph: %w", err)
+		}
+	}
+	if err := e.optGraph.BuildForward(e.normSq); err != nil {
+		return fmt.Errorf("new engine: optimizer graph: %w", err)
+	}
+	if e.optAlloc, err = e.backend.NewAllocator(); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.optAlloc.Alloc(e.optGraph); err != nil {
+		return fmt.Errorf("new engine: optimizer graph: %w", err)
+	}
+	return nil
+}
+
+// epsTensor is a tiny constant added to the norm before dividing.
+func (e *Engine) epsTensor(ctx *binding.Context) *binding.Tensor {
+	t := ctx.NewTensor(binding.TypeF32, 1)
+	if t != nil {
+		t.SetName("norm_eps").SetInput()
+		e.epsConst = t
+	}
+	return t
+}
+
+func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, error) {
+	if batch.B != e.b || batch.T != e.t {
+		return 0, fmt.Errorf("batch %dx%d, engine built for %dx%d", batch.B, batch.T, e.b, e.t)
+	}
+	if err := batch.Validate(e.vocab); err != nil {
+		return 0, err
+	}
+	ntok := batch.LossTokens()
+	if ntok == 0 {
+		return 0, ErrNoLossTokens
+	}
+	segs := batch.Segments
+	if segs == nil {
+		segs = make([]int32, len(batch.Tokens))
+	}
+	if err := fwd.SetBatch(batch.Tokens, segs); err != nil {
+		return 0, err
+	}
+	n := len(batch.Targets)
+	onehot := make([]float32, e.vocab*n)
+	mask := make([]float32, n)
+	uniform := 1 / float32(e.vocab)
+	for i, t := range batch.Targets {
+		row := onehot[i*e.vocab : (i+1)*e.vocab]
+		if t >= 0 {
+			row[t] = 1
+			mask[i] = 1
+			continue
+		}
+		for j := range row {
+			row[j] = uniform
+		}
+	}
+	ignored := float64(n - ntok)
+	offset := -ignored * math.Log(float64(e.vocab)) / float64(ntok)
+	for _, set := range []struct {
+		t *binding.Tensor
+		v []float32
+	}{
+		{in.labels, onehot},
+		{in.mask, mask},
+		{in.factor, []float32{float32(n) / float32(ntok)}},
+		{in.offset, []float32{float32(offset)}},
+	} {
+		if err := set.t.SetFloats(set.v); err != nil {
+			return 0, err
+		}
+	}
+	return ntok, nil
+}
+
+// Accumulate runs the forward and backward pass of one micro batch, adding
+// its gradients to the accumulators, and returns the batch's mean loss.
+func (e *Engine) Accumulate(batch Batch) (float64, error) {
+	if _, err := e.setLossInputs(e.trainIn, e.trainFwd, batch); err != nil {
+		return 0, fmt.Errorf("train step: %w", err)
+	}
+	if err := e.backend.Compute(e.trainGraph); err != nil {
+		return 0, fmt.Errorf("train step: %w", err)
+	}
+	e.accumulated++
+	v, err := e.trainIn.loss.Floats()
+	if err != nil {
+		return 0, fmt.Errorf("train step: %w", err)
+	}
+	loss := float64(v[0])
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return loss, fmt.Errorf("train step: loss is %v", loss)
+	}
+	return loss, nil
+}
+
+// Step applies one AdamW step with learning rate lr to the gradients
+// accumulated since the last step, clears them, and returns the global
+// gradient norm before clipping.
+func (e *Engine) Step(lr float64) (float64, error) {
+	if e.accumulated == 0 {
+		return 0, fmt.Errorf("optimizer step: no gradients accumulated")
+	}
+	e.step++
+	t := float64(e.step)
+	o := e.opt
+	par := []float32{float32(lr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(o.WeightDecay),
+		float32(1 / (1 - math.Pow(o.Beta1, t))), float32(1 / (1 - math.Pow(o.Beta2, t)))}
+	maxNorm := float32(o.MaxGradNorm)
+	if maxNorm <= 0 {
+		maxNorm = float32(math.Inf(1))
+	}
+	for _, set := range []func() error{
+		func() error { return e.adamPar.SetFloats(par) },
+		func() error { return e.optIn[0].SetFloats([]float32{maxNorm}) },
+		func() error { return e.optIn[1].SetFloats([]float32{1 / float32(e.accumulated)}) },
+		func() error { return e.epsConst.SetFloats([]float32{1e-6}) },
+	} {
+		if err := set(); err != nil {
+			return 0, fmt.Errorf("optimizer step: %w", err)
+		}
+	}
+	if err := e.backend.Compute(e.optGraph); err != nil {
+		return 0, fmt.Errorf("optimizer step: %w", err)
+	}
+	norm, err := e.normSq.Floats()
+	if err != nil {
+		return 0, fmt.Errorf("optimizer step: %w", err)
+	}
+	for _, acc := range e.accs {
+		if err := acc.Zero(); err != nil {
+			return 0, fmt.Errorf("optimizer step: %w", err)
+		}
+	}
+	e.accumulated = 0
+	return float64(norm[0]), nil
+}
+
+// EvalResult is the outcome of evaluating one batch.
+type EvalResult struct {
+	LossSum float64 // summed over loss tokens
+	Tokens  int     // loss tokens
+	Correct int     // loss tokens whose argmax logit is the target
+}
+
+// Eval computes the loss and token accuracy of a batch without changing
+// anything.
+func (e *Engine) Eval(batch Batch) (EvalResult, error) {
+	ntok, err := e.setLossInputs(e.evalIn, e.evalFwd, batch)
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("eval: %w", err)
+	}
+	if err := e.backend.Compute(e.evalGraph); err != nil {
+		return EvalResult{}, fmt.Errorf("eval: %w", err)
+	}
+	lv, err := e.evalIn.loss.Floats()
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("eval: %w", err)
+	}
+	logits, err := e.evalFwd.Logits().Floats()
+	if err != nil {
+		return EvalResult{}, fmt.Errorf("eval: %w", err)
+	}
+	res := EvalResult{LossSum: float64(lv[0]) * float64(ntok), Tokens: ntok}
+	for i, t := range batch.Targets {
+		if t < 0 {
+			continue
+		}
+		row := logits[i*e.vocab : (i+1)*e.vocab]
+		best := 0
+		for j, v := range row {
+			if v > row[best] {
+				best = j
+			}
+		}
+		if best == int(t) {
+			res.Correct++
+		}
+	}
+	return res, nil
+}
+
+// StepCount returns the number of optimizer steps taken.
+func (e *Engine) StepCount() int { return e.step }
+
+// Params returns the trainable tensors.
+func (e *Engine) Params() []*binding.Tensor { return e.params }
+
+// Close frees the engine's graphs and state (not the parameters). It is
+// idempotent.
+func (e *Engine) Close() {
+	for _, a := range []*binding.Allocator{e.trainAlloc, e.evalAlloc, e.optAlloc} {
+		a.Close()
+	}
+	for _, c := range []*binding.Context{e.trainCtx, e.evalCtx, e.optCtx} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	e.stateBuf.Close()
+	if e.state != nil {
+		e.state.Close()
+	}
+}
