@@ -400,14 +400,18 @@ func (a *Allocator) Close() {
 // Sched schedules graphs over several backends (the last must be the CPU),
 // splitting them where a backend cannot run an operation.
 type Sched struct {
-	s        C.ggml_backend_sched_t
-	backends []*Backend
+	s         C.ggml_backend_sched_t
+	backends  []*Backend
+	graphSize int
 }
 
 // NewSched creates a scheduler over backends for graphs of up to graphSize nodes.
 func NewSched(backends []*Backend, graphSize int) (*Sched, error) {
-	if len(backends) == 0 {
-		return nil, fmt.Errorf("new scheduler: no backends")
+	if len(backends) == 0 || len(backends) > 16 {
+		return nil, fmt.Errorf("new scheduler: %d backends (1 to 16)", len(backends))
+	}
+	if graphSize < 1 {
+		return nil, fmt.Errorf("new scheduler: %w: graph size %d", ErrShape, graphSize)
 	}
 	if !backends[len(backends)-1].IsCPU() {
 		return nil, fmt.Errorf("new scheduler: the last backend must be the CPU")
@@ -424,7 +428,7 @@ func NewSched(backends []*Backend, graphSize int) (*Sched, error) {
 	if s == nil {
 		return nil, fmt.Errorf("new scheduler: failed")
 	}
-	out := &Sched{s: s, backends: backends}
+	out := &Sched{s: s, backends: backends, graphSize: graphSize}
 	runtime.SetFinalizer(out, (*Sched).Close)
 	return out, nil
 }
@@ -433,6 +437,9 @@ func NewSched(backends []*Backend, graphSize int) (*Sched, error) {
 func (s *Sched) Reserve(g *Graph) error {
 	if s.s == nil {
 		return fmt.Errorf("reserve: %w", ErrClosed)
+	}
+	if err := s.fits(g); err != nil {
+		return fmt.Errorf("reserve graph: %w", err)
 	}
 	if !C.ggml_backend_sched_reserve(s.s, g.g) {
 		return fmt.Errorf("reserve graph: %w", ErrOutOfMemory)
@@ -445,9 +452,24 @@ func (s *Sched) Alloc(g *Graph) error {
 	if s.s == nil {
 		return fmt.Errorf("alloc graph: %w", ErrClosed)
 	}
+	if err := s.fits(g); err != nil {
+		return fmt.Errorf("alloc graph: %w", err)
+	}
 	C.ggml_backend_sched_reset(s.s)
 	if !C.ggml_backend_sched_alloc_graph(s.s, g.g) {
 		return fmt.Errorf("alloc graph: %w", ErrOutOfMemory)
+	}
+	return nil
+}
+
+// fits checks that the graph's tensors fit the scheduler's hash table
+// (ggml aborts otherwise).
+func (s *Sched) fits(g *Graph) error {
+	if g.ctx.c == nil {
+		return fmt.Errorf("graph %w", ErrClosed)
+	}
+	if n := g.countTensors(); n > s.graphSize {
+		return fmt.Errorf("%w: the graph has %d nodes and leafs, the scheduler was created for %d", ErrOutOfMemory, n, s.graphSize)
 	}
 	return nil
 }

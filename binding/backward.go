@@ -60,5 +60,29 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 		return fmt.Errorf("build backward: %d of %d accumulated tensors are not nodes of the graph", len(byPtr)-found, len(byPtr))
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
+	g.protectInplaceBackward()
 	return nil
+}
+
+// protectInplaceBackward works around ggml CPU kernels that read a source
+// after writing the destination: RMS_NORM_BACK and SOFT_MAX_BACK give wrong
+// gradients when the graph allocator places their result in place of one of
+// their operands (ggml-alloc lists both as in-place capable). Marking their
+// operands as outputs forbids that reuse; the cost is that those operands
+// stay allocated until the end of the graph.
+func (g *Graph) protectInplaceBackward() {
+	for i := 0; i < g.NumNodes(); i++ {
+		n := C.ggml_graph_node(g.g, C.int(i))
+		if n.op != C.GGML_OP_RMS_NORM_BACK && n.op != C.GGML_OP_SOFT_MAX_BACK {
+			continue
+		}
+		for j := 0; j < C.GGML_MAX_SRC; j++ {
+			if src := n.src[j]; src != nil {
+				C.ggml_set_output(src)
+				if src.view_src != nil {
+					C.ggml_set_output(src.view_src)
+				}
+			}
+		}
+	}
 }

@@ -1,11 +1,25 @@
 package binding
 
-// #include "ggml.h"
+/*
+#include <stdlib.h>
+#include "ggml.h"
+
+// ggtune_alloc_aligned returns n bytes aligned for ggml, or NULL when the
+// memory is not available (ggml_init itself aborts in that case).
+static void * ggtune_alloc_aligned(size_t n) {
+    void * p = NULL;
+    if (posix_memalign(&p, 64, n) != 0) {
+        return NULL;
+    }
+    return p;
+}
+*/
 import "C"
 
 import (
 	"fmt"
 	"runtime"
+	"unsafe"
 )
 
 // Context owns a ggml context: the metadata of tensors and graphs and, when
@@ -13,6 +27,7 @@ import (
 // concurrent use.
 type Context struct {
 	c       *C.struct_ggml_context
+	buf     unsafe.Pointer // the context's memory, owned by Go
 	noAlloc bool
 	size    int64
 	err     error
@@ -30,19 +45,25 @@ func GraphOverhead(size int, grads bool) int64 {
 // the context holds only metadata, and tensor data lives in backend buffers
 // (see [Backend.AllocContext] and [Sched]).
 func NewContext(memSize int64, noAlloc bool) (*Context, error) {
-	if memSize <= 0 {
+	if memSize <= 0 || memSize > 1<<50 {
 		return nil, fmt.Errorf("new context: %w: size %d", ErrOutOfMemory, memSize)
+	}
+	memSize = (memSize + 63) &^ 63
+	buf := C.ggtune_alloc_aligned(C.size_t(memSize))
+	if buf == nil {
+		return nil, fmt.Errorf("new context of %d bytes: %w", memSize, ErrOutOfMemory)
 	}
 	params := C.struct_ggml_init_params{
 		mem_size:   C.size_t(memSize),
-		mem_buffer: nil,
+		mem_buffer: buf,
 		no_alloc:   C.bool(noAlloc),
 	}
 	c := C.ggml_init(params)
 	if c == nil {
+		C.free(buf)
 		return nil, fmt.Errorf("new context of %d bytes: %w", memSize, ErrOutOfMemory)
 	}
-	ctx := &Context{c: c, noAlloc: noAlloc, size: memSize}
+	ctx := &Context{c: c, buf: buf, noAlloc: noAlloc, size: memSize}
 	runtime.SetFinalizer(ctx, (*Context).Close)
 	return ctx, nil
 }
@@ -60,7 +81,8 @@ func (c *Context) Close() {
 		return
 	}
 	C.ggml_free(c.c)
-	c.c = nil
+	C.free(c.buf)
+	c.c, c.buf = nil, nil
 	runtime.SetFinalizer(c, nil)
 }
 

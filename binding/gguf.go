@@ -8,8 +8,10 @@ package binding
 import "C"
 
 import (
+	"bufio"
+	"encoding/binary"
 	"fmt"
-	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -61,6 +63,9 @@ type GGUFFile struct {
 // missing, truncated or corrupt file gives an error wrapping
 // ErrInvalidGGUF (or the os error), never a crash.
 func OpenGGUF(path string) (*GGUFFile, error) {
+	if err := validateGGUF(path); err != nil {
+		return nil, fmt.Errorf("open gguf %s: %w", path, err)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open gguf: %w", err)
@@ -69,11 +74,6 @@ func OpenGGUF(path string) (*GGUFFile, error) {
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open gguf %s: %w", path, err)
-	}
-	var magic [4]byte
-	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "GGUF" {
-		f.Close()
-		return nil, fmt.Errorf("open gguf %s: %w: bad magic", path, ErrInvalidGGUF)
 	}
 	var ggctx *C.struct_ggml_context
 	cs := C.CString(path)
@@ -346,155 +346,98 @@ func (f *GGUFFile) ReadTensorFloats(name string) ([]float32, error) {
 	return out, nil
 }
 
-// GGUFWriter builds a GGUF file in memory and writes it atomically. It is
+// GGUFWriter builds a GGUF (version 3) file in memory and writes it
+// atomically. It is plain Go: ggml's gguf writer ignores a general.alignment
+// set through its API when it lays out tensor data, so the layout is done
+// here (the files are read back by ggml and libllama in the tests). It is
 // not safe for concurrent use.
 type GGUFWriter struct {
-	g       *C.struct_gguf_context
-	ctx     *Context
-	names   map[string]bool
-	buffers []unsafe.Pointer
-	keys    map[string]bool
+	kvs       []KV
+	tensors   []ggufOutTensor
+	names     map[string]bool
+	alignment int64
+	closed    bool
 }
 
-// NewGGUFWriter creates an empty GGUF writer with room for maxTensors tensors.
+type ggufOutTensor struct {
+	name string
+	typ  Type
+	ne   []int64
+	data []byte
+}
+
+// NewGGUFWriter creates an empty GGUF writer; maxTensors is a capacity hint.
 func NewGGUFWriter(maxTensors int) (*GGUFWriter, error) {
-	ctx, err := NewContext(int64(maxTensors+1)*TensorOverhead()+1024, true)
-	if err != nil {
-		return nil, fmt.Errorf("new gguf writer: %w", err)
+	if maxTensors < 0 {
+		return nil, fmt.Errorf("new gguf writer: %d tensors", maxTensors)
 	}
-	w := &GGUFWriter{g: C.gguf_init_empty(), ctx: ctx, names: map[string]bool{}, keys: map[string]bool{}}
-	runtime.SetFinalizer(w, (*GGUFWriter).Close)
-	return w, nil
+	return &GGUFWriter{
+		tensors:   make([]ggufOutTensor, 0, maxTensors),
+		names:     map[string]bool{},
+		alignment: ggufDefaultAlignment,
+	}, nil
 }
 
-// Close frees the writer. It is idempotent.
+// Close releases the writer's memory. It is idempotent.
 func (w *GGUFWriter) Close() {
-	if w == nil || w.g == nil {
+	if w == nil {
 		return
 	}
-	C.gguf_free(w.g)
-	w.g = nil
-	w.ctx.Close()
-	for _, p := range w.buffers {
-		C.free(p)
-	}
-	w.buffers = nil
-	runtime.SetFinalizer(w, nil)
-}
-
-func ggufArray[T any](w *GGUFWriter, ck *C.char, t C.enum_gguf_type, v []T) {
-	var zero T
-	if len(v) == 0 {
-		C.gguf_set_arr_data(w.g, ck, t, nil, 0)
-		return
-	}
-	n := C.size_t(len(v)) * C.size_t(unsafe.Sizeof(zero))
-	p := C.malloc(n)
-	defer C.free(p)
-	copy(unsafe.Slice((*T)(p), len(v)), v)
-	C.gguf_set_arr_data(w.g, ck, t, p, C.size_t(len(v)))
+	w.closed = true
+	w.kvs, w.tensors, w.names = nil, nil, nil
 }
 
 // Set sets a metadata value (see [KV] for the accepted Go types; int and
-// uint are stored as int64 and uint64).
+// uint are stored as int64 and uint64). Setting an existing key replaces it
+// and moves it to the end, as ggml's gguf does.
 func (w *GGUFWriter) Set(key string, value any) error {
-	if w.g == nil {
+	if w.closed {
 		return fmt.Errorf("gguf set %q: %w", key, ErrClosed)
 	}
 	if key == "" || strings.ContainsRune(key, 0) {
 		return fmt.Errorf("gguf set: invalid key %q", key)
 	}
-	if key == "general.alignment" {
-		a, ok := value.(uint32)
-		if !ok || a == 0 || a&(a-1) != 0 {
-			return fmt.Errorf("gguf set general.alignment: must be a power of two uint32, got %v", value)
-		}
-	}
-	ck := C.CString(key)
-	defer freeCString(ck)
 	switch v := value.(type) {
-	case uint8:
-		C.gguf_set_val_u8(w.g, ck, C.uint8_t(v))
-	case int8:
-		C.gguf_set_val_i8(w.g, ck, C.int8_t(v))
-	case uint16:
-		C.gguf_set_val_u16(w.g, ck, C.uint16_t(v))
-	case int16:
-		C.gguf_set_val_i16(w.g, ck, C.int16_t(v))
-	case uint32:
-		C.gguf_set_val_u32(w.g, ck, C.uint32_t(v))
-	case int32:
-		C.gguf_set_val_i32(w.g, ck, C.int32_t(v))
-	case uint64:
-		C.gguf_set_val_u64(w.g, ck, C.uint64_t(v))
-	case int64:
-		C.gguf_set_val_i64(w.g, ck, C.int64_t(v))
-	case uint:
-		C.gguf_set_val_u64(w.g, ck, C.uint64_t(v))
 	case int:
-		C.gguf_set_val_i64(w.g, ck, C.int64_t(v))
-	case float32:
-		C.gguf_set_val_f32(w.g, ck, C.float(v))
-	case float64:
-		C.gguf_set_val_f64(w.g, ck, C.double(v))
-	case bool:
-		C.gguf_set_val_bool(w.g, ck, C.bool(v))
+		value = int64(v)
+	case uint:
+		value = uint64(v)
 	case string:
 		if strings.ContainsRune(v, 0) {
 			return fmt.Errorf("gguf set %q: string contains a NUL byte", key)
 		}
-		cv := C.CString(v)
-		defer freeCString(cv)
-		C.gguf_set_val_str(w.g, ck, cv)
-	case []uint8:
-		ggufArray(w, ck, C.GGUF_TYPE_UINT8, v)
-	case []int8:
-		ggufArray(w, ck, C.GGUF_TYPE_INT8, v)
-	case []uint16:
-		ggufArray(w, ck, C.GGUF_TYPE_UINT16, v)
-	case []int16:
-		ggufArray(w, ck, C.GGUF_TYPE_INT16, v)
-	case []uint32:
-		ggufArray(w, ck, C.GGUF_TYPE_UINT32, v)
-	case []int32:
-		ggufArray(w, ck, C.GGUF_TYPE_INT32, v)
-	case []uint64:
-		ggufArray(w, ck, C.GGUF_TYPE_UINT64, v)
-	case []int64:
-		ggufArray(w, ck, C.GGUF_TYPE_INT64, v)
-	case []float32:
-		ggufArray(w, ck, C.GGUF_TYPE_FLOAT32, v)
-	case []float64:
-		ggufArray(w, ck, C.GGUF_TYPE_FLOAT64, v)
-	case []bool:
-		ggufArray(w, ck, C.GGUF_TYPE_BOOL, v)
 	case []string:
-		ptrs := C.malloc(C.size_t(max(len(v), 1)) * C.size_t(unsafe.Sizeof((*C.char)(nil))))
-		defer C.free(ptrs)
-		arr := unsafe.Slice((**C.char)(ptrs), max(len(v), 1))
-		for i, s := range v {
-			if strings.ContainsRune(s, 0) {
-				for _, p := range arr[:i] {
-					freeCString(p)
-				}
+		for i, e := range v {
+			if strings.ContainsRune(e, 0) {
 				return fmt.Errorf("gguf set %q: string %d contains a NUL byte", key, i)
 			}
-			arr[i] = C.CString(s)
 		}
-		C.gguf_set_arr_str(w.g, ck, (**C.char)(ptrs), C.size_t(len(v)))
-		for _, p := range arr[:len(v)] {
-			freeCString(p)
-		}
+	case uint8, int8, uint16, int16, uint32, int32, uint64, int64, float32, float64, bool,
+		[]uint8, []int8, []uint16, []int16, []uint32, []int32, []uint64, []int64, []float32, []float64, []bool:
 	default:
 		return fmt.Errorf("gguf set %q: unsupported value type %T", key, value)
 	}
-	w.keys[key] = true
+	if key == "general.alignment" {
+		a, ok := value.(uint32)
+		if !ok || a == 0 || a&(a-1) != 0 {
+			return fmt.Errorf("gguf set general.alignment: must be a power of two uint32, got %v (%T)", value, value)
+		}
+		w.alignment = int64(a)
+	}
+	for i, kv := range w.kvs {
+		if kv.Key == key {
+			w.kvs = append(w.kvs[:i], w.kvs[i+1:]...)
+			break
+		}
+	}
+	w.kvs = append(w.kvs, KV{Key: key, Value: value})
 	return nil
 }
 
-// AddTensor adds a tensor with raw data in the layout of typ.
+// AddTensor adds a tensor with raw data in the layout of typ. The data is
+// copied.
 func (w *GGUFWriter) AddTensor(name string, typ Type, shape []int64, data []byte) error {
-	if w.g == nil {
+	if w.closed {
 		return fmt.Errorf("gguf add tensor %q: %w", name, ErrClosed)
 	}
 	if name == "" || len(name) >= C.GGML_MAX_NAME || strings.ContainsRune(name, 0) {
@@ -503,23 +446,37 @@ func (w *GGUFWriter) AddTensor(name string, typ Type, shape []int64, data []byte
 	if w.names[name] {
 		return fmt.Errorf("gguf add tensor %q: duplicate name", name)
 	}
-	t := w.ctx.NewTensor(typ, shape...)
-	if t == nil {
-		err := w.ctx.Err()
-		w.ctx.err = nil
+	if !typ.Valid() {
+		return fmt.Errorf("gguf add tensor %q: %w: %v", name, ErrType, typ)
+	}
+	if len(shape) < 1 || len(shape) > 4 {
+		return fmt.Errorf("gguf add tensor %q: %w: %d dimensions", name, ErrShape, len(shape))
+	}
+	rows := int64(1)
+	for _, d := range shape {
+		if d <= 0 {
+			return fmt.Errorf("gguf add tensor %q: %w: shape %v", name, ErrShape, shape)
+		}
+	}
+	for _, d := range shape[1:] {
+		rows *= d
+	}
+	rb, err := typ.RowBytes(shape[0])
+	if err != nil {
 		return fmt.Errorf("gguf add tensor %q: %w", name, err)
 	}
-	if int64(len(data)) != t.Bytes() {
-		return fmt.Errorf("gguf add tensor %q: %w: %d bytes for %v %v (want %d)", name, ErrShape, len(data), typ, shape, t.Bytes())
+	if int64(len(data)) != rb*rows {
+		return fmt.Errorf("gguf add tensor %q: %w: %d bytes for %v %v (want %d)", name, ErrShape, len(data), typ, shape, rb*rows)
 	}
-	t.SetName(name)
-	p := C.malloc(C.size_t(max(len(data), 1)))
-	w.buffers = append(w.buffers, p)
-	if len(data) > 0 {
-		copy(unsafe.Slice((*byte)(p), len(data)), data)
+	// ggml stores as many dimensions as ggml_n_dims reports: trailing
+	// dimensions of size 1 are dropped (at least one is kept).
+	nd := len(shape)
+	for nd > 1 && shape[nd-1] == 1 {
+		nd--
 	}
-	t.t.data = p
-	C.gguf_add_tensor(w.g, t.t)
+	w.tensors = append(w.tensors, ggufOutTensor{
+		name: name, typ: typ, ne: append([]int64(nil), shape[:nd]...), data: append([]byte(nil), data...),
+	})
 	w.names[name] = true
 	return nil
 }
@@ -536,10 +493,163 @@ func (w *GGUFWriter) AddFloats(name string, typ Type, shape []int64, data []floa
 	return w.AddTensor(name, typ, shape, b)
 }
 
+// ggufEncoder writes little-endian GGUF values.
+type ggufEncoder struct {
+	w   *bufio.Writer
+	n   int64
+	err error
+}
+
+func (e *ggufEncoder) bytes(b []byte) {
+	if e.err == nil {
+		_, e.err = e.w.Write(b)
+		e.n += int64(len(b))
+	}
+}
+
+func (e *ggufEncoder) u32(v uint32) { e.bytes(binary.LittleEndian.AppendUint32(nil, v)) }
+func (e *ggufEncoder) u64(v uint64) { e.bytes(binary.LittleEndian.AppendUint64(nil, v)) }
+func (e *ggufEncoder) str(s string) { e.u64(uint64(len(s))); e.bytes([]byte(s)) }
+func (e *ggufEncoder) pad(align int64) {
+	if r := e.n % align; r != 0 {
+		e.bytes(make([]byte, align-r))
+	}
+}
+
+// ggufKind returns the GGUF type of a scalar or of an array's elements.
+func ggufKind(v any) (typ uint32, array bool) {
+	switch v.(type) {
+	case uint8:
+		return kvU8, false
+	case int8:
+		return kvI8, false
+	case uint16:
+		return kvU16, false
+	case int16:
+		return kvI16, false
+	case uint32:
+		return kvU32, false
+	case int32:
+		return kvI32, false
+	case uint64:
+		return kvU64, false
+	case int64:
+		return kvI64, false
+	case float32:
+		return kvF32, false
+	case float64:
+		return kvF64, false
+	case bool:
+		return kvBool, false
+	case string:
+		return kvString, false
+	case []uint8:
+		return kvU8, true
+	case []int8:
+		return kvI8, true
+	case []uint16:
+		return kvU16, true
+	case []int16:
+		return kvI16, true
+	case []uint32:
+		return kvU32, true
+	case []int32:
+		return kvI32, true
+	case []uint64:
+		return kvU64, true
+	case []int64:
+		return kvI64, true
+	case []float32:
+		return kvF32, true
+	case []float64:
+		return kvF64, true
+	case []bool:
+		return kvBool, true
+	}
+	return kvString, true // []string, the only other type Set accepts
+}
+
+func (e *ggufEncoder) scalar(v any) {
+	switch x := v.(type) {
+	case uint8:
+		e.bytes([]byte{x})
+	case int8:
+		e.bytes([]byte{byte(x)})
+	case uint16:
+		e.bytes(binary.LittleEndian.AppendUint16(nil, x))
+	case int16:
+		e.bytes(binary.LittleEndian.AppendUint16(nil, uint16(x)))
+	case uint32:
+		e.u32(x)
+	case int32:
+		e.u32(uint32(x))
+	case uint64:
+		e.u64(x)
+	case int64:
+		e.u64(uint64(x))
+	case float32:
+		e.u32(math.Float32bits(x))
+	case float64:
+		e.u64(math.Float64bits(x))
+	case bool:
+		b := byte(0)
+		if x {
+			b = 1
+		}
+		e.bytes([]byte{b})
+	case string:
+		e.str(x)
+	}
+}
+
+func encodeArray[T any](e *ggufEncoder, v []T) {
+	e.u64(uint64(len(v)))
+	for _, x := range v {
+		e.scalar(x)
+	}
+}
+
+func (e *ggufEncoder) value(v any) {
+	typ, array := ggufKind(v)
+	if !array {
+		e.u32(typ)
+		e.scalar(v)
+		return
+	}
+	e.u32(kvArray)
+	e.u32(typ)
+	switch x := v.(type) {
+	case []uint8:
+		encodeArray(e, x)
+	case []int8:
+		encodeArray(e, x)
+	case []uint16:
+		encodeArray(e, x)
+	case []int16:
+		encodeArray(e, x)
+	case []uint32:
+		encodeArray(e, x)
+	case []int32:
+		encodeArray(e, x)
+	case []uint64:
+		encodeArray(e, x)
+	case []int64:
+		encodeArray(e, x)
+	case []float32:
+		encodeArray(e, x)
+	case []float64:
+		encodeArray(e, x)
+	case []bool:
+		encodeArray(e, x)
+	case []string:
+		encodeArray(e, x)
+	}
+}
+
 // WriteFile writes the file atomically: to a temporary file in the same
-// directory, then renamed over path.
+// directory, synced, then renamed over path.
 func (w *GGUFWriter) WriteFile(path string) error {
-	if w.g == nil {
+	if w.closed {
 		return fmt.Errorf("write gguf %s: %w", path, ErrClosed)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
@@ -547,12 +657,48 @@ func (w *GGUFWriter) WriteFile(path string) error {
 		return fmt.Errorf("write gguf %s: %w", path, err)
 	}
 	tmpName := tmp.Name()
-	tmp.Close()
-	cs := C.CString(tmpName)
-	defer freeCString(cs)
-	if !C.gguf_write_to_file(w.g, cs, false) {
+	fail := func(err error) error {
+		tmp.Close()
 		os.Remove(tmpName)
-		return fmt.Errorf("write gguf %s: ggml could not write the file", path)
+		return fmt.Errorf("write gguf %s: %w", path, err)
+	}
+	e := &ggufEncoder{w: bufio.NewWriterSize(tmp, 1<<20)}
+	e.bytes([]byte("GGUF"))
+	e.u32(ggufMaxVersion)
+	e.u64(uint64(len(w.tensors)))
+	e.u64(uint64(len(w.kvs)))
+	for _, kv := range w.kvs {
+		e.str(kv.Key)
+		e.value(kv.Value)
+	}
+	var offset int64
+	for _, t := range w.tensors {
+		e.str(t.name)
+		e.u32(uint32(len(t.ne)))
+		for _, d := range t.ne {
+			e.u64(uint64(d))
+		}
+		e.u32(uint32(t.typ))
+		e.u64(uint64(offset))
+		offset += (int64(len(t.data)) + w.alignment - 1) / w.alignment * w.alignment
+	}
+	e.pad(w.alignment)
+	for _, t := range w.tensors {
+		e.bytes(t.data)
+		e.pad(w.alignment)
+	}
+	if e.err == nil {
+		e.err = e.w.Flush()
+	}
+	if e.err != nil {
+		return fail(e.err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmpName)
+		return fmt.Errorf("write gguf %s: %w", path, err)
 	}
 	if err := os.Rename(tmpName, path); err != nil {
 		os.Remove(tmpName)

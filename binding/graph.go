@@ -64,6 +64,22 @@ func reachable(t *C.struct_ggml_tensor, seen map[*C.struct_ggml_tensor]bool) int
 	return n
 }
 
+// countTensors returns the number of distinct nodes and leafs of the graph
+// (every leaf is an operand of some node).
+func (g *Graph) countTensors() int {
+	seen := map[*C.struct_ggml_tensor]bool{}
+	for i := 0; i < g.NumNodes(); i++ {
+		node := C.ggml_graph_node(g.g, C.int(i))
+		seen[node] = true
+		for j := 0; j < C.GGML_MAX_SRC; j++ {
+			if src := tensorSrc(node, j); src != nil {
+				seen[src] = true
+			}
+		}
+	}
+	return len(seen)
+}
+
 // BuildForward adds t and everything it depends on to the graph. It returns
 // the sticky error of t's context if the graph could not be built.
 func (g *Graph) BuildForward(t *Tensor) error {
@@ -93,7 +109,8 @@ func (g *Graph) BuildForward(t *Tensor) error {
 }
 
 // backwardOps are the operations ggml can differentiate at the pinned
-// version (unary ops are checked separately).
+// version (unary and GLU ops are checked separately). OUT_PROD is not one
+// of them: ggml only uses it to build backward passes.
 var backwardOps = map[C.enum_ggml_op]bool{
 	C.GGML_OP_NONE: true, C.GGML_OP_DUP: true, C.GGML_OP_ADD: true, C.GGML_OP_ADD1: true, C.GGML_OP_ACC: true,
 	C.GGML_OP_SUB: true, C.GGML_OP_MUL: true, C.GGML_OP_DIV: true, C.GGML_OP_SQR: true, C.GGML_OP_SQRT: true,
@@ -103,13 +120,381 @@ var backwardOps = map[C.enum_ggml_op]bool{
 	C.GGML_OP_RESHAPE: true, C.GGML_OP_VIEW: true, C.GGML_OP_PERMUTE: true, C.GGML_OP_TRANSPOSE: true,
 	C.GGML_OP_GET_ROWS: true, C.GGML_OP_DIAG_MASK_INF: true, C.GGML_OP_DIAG_MASK_ZERO: true,
 	C.GGML_OP_SOFT_MAX: true, C.GGML_OP_ROPE: true, C.GGML_OP_CROSS_ENTROPY_LOSS: true,
-	C.GGML_OP_UNARY: true, C.GGML_OP_GLU: true, C.GGML_OP_OUT_PROD: true,
+	C.GGML_OP_UNARY: true, C.GGML_OP_GLU: true,
 }
 
 var backwardUnary = map[C.enum_ggml_unary_op]bool{
 	C.GGML_UNARY_OP_ABS: true, C.GGML_UNARY_OP_SGN: true, C.GGML_UNARY_OP_NEG: true, C.GGML_UNARY_OP_STEP: true,
 	C.GGML_UNARY_OP_RELU: true, C.GGML_UNARY_OP_SILU: true, C.GGML_UNARY_OP_EXP: true,
 	C.GGML_UNARY_OP_EXPM1: true, C.GGML_UNARY_OP_SOFTPLUS: true,
+}
+
+// gradLayout is the shape and byte strides of a gradient tensor that
+// ggml's backward pass will create (gradients are F32).
+type gradLayout struct{ ne, nb [4]int64 }
+
+func denseGrad(ne [4]int64) gradLayout {
+	l := gradLayout{ne: ne}
+	l.nb[0] = 4
+	for i := 1; i < 4; i++ {
+		l.nb[i] = l.nb[i-1] * ne[i-1]
+	}
+	return l
+}
+
+func layoutOf(t *C.struct_ggml_tensor) gradLayout {
+	var l gradLayout
+	for i := 0; i < 4; i++ {
+		l.ne[i], l.nb[i] = int64(t.ne[i]), int64(t.nb[i])
+	}
+	return l
+}
+
+// contiguousFrom mirrors ggml_is_contiguous_n: dimensions above n must be
+// packed; dimension 0 must be packed unless it has one element.
+func (l gradLayout) contiguousFrom(n int, elem int64) bool {
+	next := elem
+	if l.ne[0] != 1 && l.nb[0] != next {
+		return false
+	}
+	next *= l.ne[0]
+	for i := 1; i < 4; i++ {
+		if l.ne[i] == 1 {
+			continue
+		}
+		if i > n {
+			if l.nb[i] != next {
+				return false
+			}
+			next *= l.ne[i]
+		} else {
+			next = l.ne[i] * l.nb[i]
+		}
+	}
+	return true
+}
+
+func (l gradLayout) dense() bool { return l.contiguousFrom(0, 4) }
+func (l gradLayout) rows() bool  { return l.nb[0] == 4 }
+func (l gradLayout) rows1() bool { return l.rows() && l.contiguousFrom(1, 4) }
+func (l gradLayout) padded1d() bool {
+	return l.nb[0] == 4 && l.nb[2] == l.nb[1]*l.ne[1] && l.nb[3] == l.nb[2]*l.ne[2]
+}
+
+// backwardSim replays the gradient bookkeeping of ggml_build_backward_expand
+// and ggml_compute_backward without creating tensors, so that every
+// condition under which ggml would abort (while building the backward graph
+// or later, in a CPU kernel computing it) becomes an error instead.
+type backwardSim struct {
+	grads map[*C.struct_ggml_tensor]gradLayout
+	needs map[*C.struct_ggml_tensor]bool
+}
+
+// accumulation modes of ggml's add_or_set, sub_or_set, add1_or_set and acc_or_set.
+const (
+	accAdd = iota
+	accSub
+	accAdd1
+	accAcc
+)
+
+// contribute records a gradient contribution l for src in the given mode.
+func (s *backwardSim) contribute(src *C.struct_ggml_tensor, l gradLayout, mode int) error {
+	name := C.GoString(&src.name[0])
+	if old, ok := s.grads[src]; ok {
+		switch mode {
+		case accAdd, accSub:
+			if !old.rows() {
+				return fmt.Errorf("the gradient of %q is accumulated into a tensor with non-contiguous rows; insert Cont after the permute/transpose that consumes it", name)
+			}
+		case accAdd1:
+			if l.ne != [4]int64{1, 1, 1, 1} {
+				return fmt.Errorf("ggml cannot accumulate a row-wise mean into the gradient of %q, which has other consumers; compute sum_rows and scale instead", name)
+			}
+			if !old.padded1d() {
+				return fmt.Errorf("the gradient of %q is accumulated into a non-contiguous tensor; insert Cont after the permute/transpose that consumes it", name)
+			}
+		case accAcc:
+			if !old.dense() {
+				return fmt.Errorf("the gradient of %q (a view source) is accumulated into a non-contiguous tensor; insert Cont", name)
+			}
+		}
+		s.grads[src] = denseGrad(old.ne)
+		return nil
+	}
+	switch mode {
+	case accSub:
+		if !l.rows1() {
+			return fmt.Errorf("the negated gradient of %q has non-contiguous rows; insert Cont", name)
+		}
+		l = denseGrad(l.ne)
+	case accAdd1:
+		l = denseGrad(layoutOf(src).ne)
+	case accAcc:
+		if !layoutOf(src).dense() {
+			return fmt.Errorf("the gradient of the non-contiguous view source %q cannot be built; view a contiguous tensor (insert Cont)", name)
+		}
+		l = denseGrad(layoutOf(src).ne)
+	}
+	s.grads[src] = l
+	return nil
+}
+
+func (s *backwardSim) need(t *C.struct_ggml_tensor) bool { return t != nil && s.needs[t] }
+
+func sameNe(a, b *C.struct_ggml_tensor) bool {
+	for i := 0; i < 4; i++ {
+		if a.ne[i] != b.ne[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func isQuantized(t *C.struct_ggml_tensor) bool { return bool(C.ggml_is_quantized(t._type)) }
+
+// step simulates ggml_compute_backward for node, whose gradient is g.
+func (s *backwardSim) step(node *C.struct_ggml_tensor, g gradLayout) error {
+	src0, src1, src2 := tensorSrc(node, 0), tensorSrc(node, 1), tensorSrc(node, 2)
+	n0, n1 := s.need(src0), s.need(src1)
+	dense := func(t *C.struct_ggml_tensor) gradLayout { return denseGrad(layoutOf(t).ne) }
+	req := func(ok bool, what string) error {
+		if ok {
+			return nil
+		}
+		return fmt.Errorf("the gradient of this %s must have %s; insert Cont after the permute/transpose that consumes it", C.GoString(C.ggml_op_desc(node)), what)
+	}
+	var err error
+	add := func(t *C.struct_ggml_tensor, l gradLayout, mode int) {
+		if err == nil {
+			err = s.contribute(t, l, mode)
+		}
+	}
+	switch node.op {
+	case C.GGML_OP_NONE:
+	case C.GGML_OP_DUP:
+		if n0 {
+			add(src0, g, accAdd)
+		}
+	case C.GGML_OP_ADD:
+		if n0 {
+			add(src0, g, accAdd)
+		}
+		if n1 {
+			if sameNe(src0, src1) {
+				add(src1, g, accAdd)
+			} else if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src1, dense(src1), accAdd)
+			}
+		}
+	case C.GGML_OP_ADD1:
+		if n1 {
+			return fmt.Errorf("ggml's add1 backward is wrong for the scalar operand; use Context.Add1 (a broadcasting add)")
+		}
+		if n0 {
+			add(src0, g, accAdd)
+		}
+	case C.GGML_OP_ACC:
+		if n0 {
+			add(src0, g, accAdd)
+		}
+		if n1 {
+			if err = req(g.dense(), "a contiguous layout"); err == nil {
+				add(src1, dense(src1), accAdd)
+			}
+		}
+	case C.GGML_OP_SUB, C.GGML_OP_DIV:
+		if n1 && !sameNe(src0, src1) {
+			return fmt.Errorf("ggml cannot differentiate the broadcast second operand of %s", C.GoString(C.ggml_op_desc(node)))
+		}
+		if node.op == C.GGML_OP_DIV && (n0 || n1) {
+			if err = req(g.rows(), "contiguous rows"); err != nil {
+				return err
+			}
+		}
+		if n0 {
+			if node.op == C.GGML_OP_SUB {
+				add(src0, g, accAdd)
+			} else {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+		if n1 {
+			if node.op == C.GGML_OP_SUB {
+				add(src1, g, accSub)
+			} else {
+				add(src1, dense(src1), accSub)
+			}
+		}
+	case C.GGML_OP_MUL:
+		if n0 {
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+		if n1 {
+			add(src1, dense(src1), accAdd)
+		}
+	case C.GGML_OP_SQR, C.GGML_OP_CROSS_ENTROPY_LOSS:
+		if node.op == C.GGML_OP_CROSS_ENTROPY_LOSS && n1 {
+			return fmt.Errorf("ggml cannot differentiate cross_entropy_loss with respect to its labels")
+		}
+		if n0 {
+			add(src0, dense(src0), accAdd)
+		}
+	case C.GGML_OP_SQRT, C.GGML_OP_LOG, C.GGML_OP_SIN, C.GGML_OP_COS, C.GGML_OP_SUM_ROWS, C.GGML_OP_REPEAT,
+		C.GGML_OP_REPEAT_BACK, C.GGML_OP_RMS_NORM, C.GGML_OP_ROPE:
+		if node.op == C.GGML_OP_ROPE && s.need(src2) {
+			return fmt.Errorf("ggml cannot differentiate RoPE with respect to its frequency factors")
+		}
+		if n0 {
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				mode := accAdd
+				if node.op == C.GGML_OP_COS {
+					mode = accSub
+				}
+				add(src0, dense(src0), mode)
+			}
+		}
+	case C.GGML_OP_SUM:
+		if n0 {
+			add(src0, g, accAdd1)
+		}
+	case C.GGML_OP_MEAN:
+		if n0 {
+			if err = req(g.dense(), "a contiguous layout"); err == nil {
+				add(src0, g, accAdd1)
+			}
+		}
+	case C.GGML_OP_SCALE, C.GGML_OP_DIAG_MASK_INF, C.GGML_OP_DIAG_MASK_ZERO, C.GGML_OP_SOFT_MAX:
+		if node.op == C.GGML_OP_SOFT_MAX && n1 {
+			return fmt.Errorf("ggml cannot differentiate soft_max with respect to its mask")
+		}
+		if n0 {
+			if err = req(g.dense(), "a contiguous layout"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+	case C.GGML_OP_MUL_MAT:
+		if n0 {
+			if src1._type != C.GGML_TYPE_F32 || int64(src1.nb[0]) != 4 {
+				return fmt.Errorf("ggml differentiates mul_mat's first operand only for an f32 second operand with contiguous rows")
+			}
+			if !(src0.ne[2] == src1.ne[2] && src0.ne[3] == src1.ne[3]) && src1.ne[3] != 1 {
+				return fmt.Errorf("ggml cannot differentiate mul_mat's first operand when it is broadcast along dimension 3")
+			}
+			add(src0, dense(src0), accAdd)
+		}
+		if n1 {
+			if src0._type != C.GGML_TYPE_F32 && !isQuantized(src0) {
+				return fmt.Errorf("ggml differentiates mul_mat's second operand only for an f32 or quantized first operand, not %v", Type(src0._type))
+			}
+			if isQuantized(src0) && (src0.ne[2] != src1.ne[2] || src0.ne[3] != src1.ne[3]) {
+				return fmt.Errorf("ggml cannot differentiate mul_mat with a broadcast quantized first operand")
+			}
+			add(src1, dense(src1), accAdd)
+		}
+	case C.GGML_OP_SET:
+		if n0 || n1 {
+			if err = req(g.dense(), "a contiguous layout"); err != nil {
+				return err
+			}
+		}
+		if n0 {
+			p := (*[4]C.int32_t)(unsafe.Pointer(&node.op_params[0]))
+			region := gradLayout{ne: layoutOf(src1).ne, nb: [4]int64{4, int64(p[0]), int64(p[1]), int64(p[2])}}
+			if !region.rows1() {
+				return fmt.Errorf("ggml cannot differentiate set's destination for this region layout")
+			}
+			add(src0, dense(src0), accAdd)
+		}
+		if n1 {
+			add(src1, dense(src1), accAdd)
+		}
+	case C.GGML_OP_CPY:
+		if n0 {
+			if err = req(g.dense(), "a contiguous layout"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+	case C.GGML_OP_CONT:
+		if n0 {
+			if old, ok := s.grads[src0]; ok && !old.dense() {
+				return fmt.Errorf("the gradient of cont's operand %q is not contiguous", C.GoString(&src0.name[0]))
+			}
+			if err = req(g.dense(), "a contiguous layout"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+	case C.GGML_OP_RESHAPE:
+		if n0 {
+			add(src0, dense(src0), accAdd)
+		}
+	case C.GGML_OP_VIEW:
+		if n0 {
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src0, g, accAcc)
+			}
+		}
+	case C.GGML_OP_PERMUTE:
+		if n0 {
+			axes := (*[4]C.int32_t)(unsafe.Pointer(&node.op_params[0]))
+			var l gradLayout
+			for k := 0; k < 4; k++ {
+				l.ne[k], l.nb[k] = g.ne[axes[k]&3], g.nb[axes[k]&3]
+			}
+			add(src0, l, accAdd)
+		}
+	case C.GGML_OP_TRANSPOSE:
+		if n0 {
+			l := g
+			l.ne[0], l.ne[1] = g.ne[1], g.ne[0]
+			l.nb[0], l.nb[1] = g.nb[1], g.nb[0]
+			add(src0, l, accAdd)
+		}
+	case C.GGML_OP_GET_ROWS:
+		if n0 {
+			if src0.ne[2] != 1 || src0.ne[3] != 1 || src1.ne[1] != 1 || src1.ne[2] != 1 || src1.ne[3] != 1 {
+				return fmt.Errorf("ggml differentiates get_rows only for a matrix and a vector of indices, not %v by %v", layoutOf(src0).ne, layoutOf(src1).ne)
+			}
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+	case C.GGML_OP_UNARY:
+		if !n0 {
+			break
+		}
+		switch C.ggml_get_unary_op(node) {
+		case C.GGML_UNARY_OP_ABS, C.GGML_UNARY_OP_RELU, C.GGML_UNARY_OP_EXP:
+			add(src0, dense(src0), accAdd)
+		case C.GGML_UNARY_OP_NEG:
+			add(src0, g, accSub)
+		case C.GGML_UNARY_OP_SILU:
+			if err = req(g.rows1(), "contiguous rows"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		case C.GGML_UNARY_OP_EXPM1, C.GGML_UNARY_OP_SOFTPLUS:
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+	case C.GGML_OP_GLU:
+		if n0 {
+			if src1 == nil {
+				return fmt.Errorf("ggml differentiates only split SwiGLU")
+			}
+			if err = req(g.rows(), "contiguous rows"); err == nil {
+				add(src0, dense(src0), accAdd)
+			}
+		}
+		if n1 {
+			add(src1, dense(src1), accAdd)
+		}
+	default:
+		return fmt.Errorf("ggml cannot differentiate %s", C.GoString(C.ggml_op_desc(node)))
+	}
+	return err
 }
 
 // checkBackward replicates the conditions under which ggml's backward pass
@@ -174,13 +559,24 @@ func (g *Graph) checkBackward() error {
 		if node.op == C.GGML_OP_GLU && (C.ggml_get_glu_op(node) != C.GGML_GLU_OP_SWIGLU || tensorSrc(node, 1) == nil) {
 			return fmt.Errorf("%w: ggml differentiates only split SwiGLU, not %s %q", ErrNoBackward, op, name)
 		}
-		if node.op == C.GGML_OP_SOFT_MAX && tensorSrc(node, 1) != nil && needs[tensorSrc(node, 1)] {
-			return fmt.Errorf("%w: gradient with respect to the soft_max mask of %q", ErrNoBackward, name)
-		}
-		if node.op == C.GGML_OP_ROPE && tensorSrc(node, 2) != nil && needs[tensorSrc(node, 2)] {
-			return fmt.Errorf("%w: gradient with respect to the RoPE frequency factors of %q", ErrNoBackward, name)
-		}
 		needs[node] = true
+	}
+	sim := &backwardSim{grads: map[*C.struct_ggml_tensor]gradLayout{}, needs: needs}
+	for i := 0; i < n; i++ {
+		node := C.ggml_graph_node(g.g, C.int(i))
+		if needs[node] && node.flags&C.GGML_TENSOR_FLAG_LOSS != 0 {
+			sim.grads[node] = denseGrad(layoutOf(node).ne)
+		}
+	}
+	for i := n - 1; i >= 0; i-- {
+		node := C.ggml_graph_node(g.g, C.int(i))
+		gl, ok := sim.grads[node]
+		if !ok {
+			continue
+		}
+		if err := sim.step(node, gl); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrNoBackward, C.GoString(C.ggml_op_desc(node)), C.GoString(&node.name[0]), err)
+		}
 	}
 	return nil
 }
@@ -210,6 +606,7 @@ func (g *Graph) BuildBackward(gradCtx *Context) error {
 		return fmt.Errorf("build backward: %w: gradient context has %d bytes free, needs about %d", ErrOutOfMemory, gradCtx.FreeMem(), need)
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, (**C.struct_ggml_tensor)(unsafe.Pointer(nil)))
+	g.protectInplaceBackward()
 	return nil
 }
 

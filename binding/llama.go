@@ -9,7 +9,6 @@ import "C"
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"unsafe"
 )
@@ -33,7 +32,7 @@ type LlamaModel struct {
 
 // LoadModel loads a GGUF model with libllama.
 func LoadModel(path string, p ModelParams) (*LlamaModel, error) {
-	if err := checkGGUFHeader(path); err != nil {
+	if err := validateGGUF(path); err != nil {
 		return nil, fmt.Errorf("load model %s: %w", path, err)
 	}
 	loadBackendsFromEnv()
@@ -50,21 +49,6 @@ func LoadModel(path string, p ModelParams) (*LlamaModel, error) {
 	out := &LlamaModel{m: m, path: path}
 	runtime.SetFinalizer(out, (*LlamaModel).Close)
 	return out, nil
-}
-
-// checkGGUFHeader rejects files that are missing or not GGUF before
-// libllama sees them.
-func checkGGUFHeader(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var magic [4]byte
-	if _, err := f.Read(magic[:]); err != nil || string(magic[:]) != "GGUF" {
-		return fmt.Errorf("%w: bad magic", ErrInvalidGGUF)
-	}
-	return nil
 }
 
 // Close frees the model. It is idempotent. Contexts and adapters created
@@ -115,7 +99,9 @@ func (m *LlamaModel) AddBOS() bool { return bool(C.llama_vocab_get_add_bos(m.voc
 func (m *LlamaModel) AddEOS() bool { return bool(C.llama_vocab_get_add_eos(m.vocab())) }
 
 // IsEOG reports whether t ends generation (EOS, EOT, ...).
-func (m *LlamaModel) IsEOG(t Token) bool { return bool(C.llama_vocab_is_eog(m.vocab(), C.llama_token(t))) }
+func (m *LlamaModel) IsEOG(t Token) bool {
+	return bool(C.llama_vocab_is_eog(m.vocab(), C.llama_token(t)))
+}
 
 // Tokenize converts text to tokens. addSpecial adds BOS/EOS as the
 // vocabulary asks; parseSpecial recognises special-token text such as "<s>".
@@ -229,6 +215,7 @@ type ContextParams struct {
 	Threads    int  // 0: number of CPUs
 	Embeddings bool // also extract embeddings
 	FlashAttn  bool
+	F32Cache   bool // keep the KV cache in F32 (libllama's default is F16)
 }
 
 // LlamaContext is a libllama inference context over a model. It is not safe
@@ -266,6 +253,10 @@ func NewLlamaContext(m *LlamaModel, p ContextParams) (*LlamaContext, error) {
 	cp.n_threads_batch = C.int32_t(p.Threads)
 	cp.embeddings = C.bool(p.Embeddings)
 	cp.no_perf = true
+	if p.F32Cache {
+		cp.type_k = C.GGML_TYPE_F32
+		cp.type_v = C.GGML_TYPE_F32
+	}
 	if p.FlashAttn {
 		cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
 	} else {
@@ -410,7 +401,7 @@ func (m *LlamaModel) LoadAdapter(path string) (*Adapter, error) {
 	if m.m == nil {
 		return nil, fmt.Errorf("load adapter: model %w", ErrClosed)
 	}
-	if err := checkGGUFHeader(path); err != nil {
+	if err := validateGGUF(path); err != nil {
 		return nil, fmt.Errorf("load adapter %s: %w", path, err)
 	}
 	cs := C.CString(path)

@@ -11,6 +11,50 @@ import "fmt"
 
 func sameShape(a, b *Tensor) bool { return a.Shape() == b.Shape() }
 
+// layout is the memory layout an operand of a CPU kernel must have.
+type layout int
+
+const (
+	anyLayout   layout = iota
+	rowsLayout         // the elements of each row are adjacent (nb[0] == type size)
+	rows1Layout        // rows adjacent and dimensions 2, 3 packed (ggml_is_contiguous_1)
+	denseLayout        // fully contiguous
+)
+
+func (l layout) String() string {
+	switch l {
+	case rowsLayout:
+		return "contiguous rows"
+	case rows1Layout:
+		return "contiguous rows (dimensions 2 and 3 packed)"
+	case denseLayout:
+		return "a contiguous tensor"
+	}
+	return "any layout"
+}
+
+// has reports whether t satisfies the layout l.
+func (t *Tensor) has(l layout) bool {
+	switch l {
+	case rowsLayout:
+		return t.Stride(0) == t.Type().BlockBytes()
+	case rows1Layout:
+		return t.Stride(0) == t.Type().BlockBytes() && bool(C.ggml_is_contiguous_1(t.t))
+	case denseLayout:
+		return t.Contiguous()
+	}
+	return true
+}
+
+// layoutOK records an error unless operand i of op has layout l.
+func (c *Context) layoutOK(op string, l layout, i int, t *Tensor) bool {
+	if t.has(l) {
+		return true
+	}
+	c.fail("%s: %w: operand %d %s (strides %v) must have %v; use Cont first", op, ErrShape, i, t, t.Strides(), l)
+	return false
+}
+
 // canRepeat reports whether b can be broadcast to a's shape.
 func canRepeat(b, a *Tensor) bool {
 	for i := 0; i < 4; i++ {
@@ -37,6 +81,12 @@ func (c *Context) binary(op string, a, b *Tensor, f func(*C.struct_ggml_context,
 	}
 	if !canRepeat(b, a) {
 		return c.fail("%s: %w: %v cannot be broadcast to %v", op, ErrShape, b.Shape(), a.Shape())
+	}
+	if !c.layoutOK(op, rowsLayout, 0, a) {
+		return nil
+	}
+	if !sameShape(a, b) && !c.layoutOK(op, rowsLayout, 1, b) {
+		return nil
 	}
 	if b.Type() != TypeF32 && b.Type() != a.Type() {
 		return c.fail("%s: %w: %v with %v", op, ErrType, a.Type(), b.Type())
@@ -75,7 +125,9 @@ func (c *Context) Div(a, b *Tensor) *Tensor {
 	})
 }
 
-// Add1 returns a + s where s is a one-element tensor.
+// Add1 returns a + s where s is a one-element tensor. It is built as a
+// broadcasting add (ggml's own add1 differentiates s to the mean instead of
+// the sum of the gradient, and only for single-row a).
 func (c *Context) Add1(a, s *Tensor) *Tensor {
 	if !c.ok("add1", a, s) || !c.floatOperands("add1", a, s) {
 		return nil
@@ -83,18 +135,21 @@ func (c *Context) Add1(a, s *Tensor) *Tensor {
 	if s.Elements() != 1 {
 		return c.fail("add1: %w: second operand has %d elements, want 1", ErrShape, s.Elements())
 	}
+	if s.Type() != TypeF32 && s.Type() != a.Type() {
+		return c.fail("add1: %w: %v with %v", ErrType, a.Type(), s.Type())
+	}
+	if !c.layoutOK("add1", rowsLayout, 0, a) {
+		return nil
+	}
 	if !c.reserve("add1", a.Bytes()) {
 		return nil
 	}
-	return c.wrap(C.ggml_add1(c.c, a.t, s.t))
+	return c.wrap(C.ggml_add(c.c, a.t, s.t))
 }
 
-func (c *Context) unary(op string, a *Tensor, needContiguous bool, f func(*C.struct_ggml_context, *C.struct_ggml_tensor) *C.struct_ggml_tensor) *Tensor {
-	if !c.ok(op, a) || !c.floatOperands(op, a) {
+func (c *Context) unary(op string, a *Tensor, need layout, f func(*C.struct_ggml_context, *C.struct_ggml_tensor) *C.struct_ggml_tensor) *Tensor {
+	if !c.ok(op, a) || !c.floatOperands(op, a) || !c.layoutOK(op, need, 0, a) {
 		return nil
-	}
-	if needContiguous && !a.Contiguous() {
-		return c.fail("%s: %w: operand %s is not contiguous", op, ErrShape, a)
 	}
 	if !c.reserve(op, a.Bytes()) {
 		return nil
@@ -104,74 +159,77 @@ func (c *Context) unary(op string, a *Tensor, needContiguous bool, f func(*C.str
 
 // Scale returns a * s.
 func (c *Context) Scale(a *Tensor, s float32) *Tensor {
-	return c.unary("scale", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return c.unary("scale", a, denseLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_scale(x, p, C.float(s))
 	})
 }
 
 // Sqr returns a squared element-wise.
-func (c *Context) Sqr(a *Tensor) *Tensor { return c.unary("sqr", a, false, cSqr) }
+func (c *Context) Sqr(a *Tensor) *Tensor { return c.unary("sqr", a, rows1Layout, cSqr) }
 
 // Sqrt returns the element-wise square root.
-func (c *Context) Sqrt(a *Tensor) *Tensor { return c.unary("sqrt", a, false, cSqrt) }
+func (c *Context) Sqrt(a *Tensor) *Tensor { return c.unary("sqrt", a, rows1Layout, cSqrt) }
 
 // Log returns the element-wise natural logarithm.
-func (c *Context) Log(a *Tensor) *Tensor { return c.unary("log", a, false, cLog) }
+func (c *Context) Log(a *Tensor) *Tensor { return c.unary("log", a, rows1Layout, cLog) }
 
 // Exp returns the element-wise exponential.
-func (c *Context) Exp(a *Tensor) *Tensor { return c.unary("exp", a, true, cExp) }
+func (c *Context) Exp(a *Tensor) *Tensor { return c.unary("exp", a, rows1Layout, cExp) }
 
 // Neg returns -a.
-func (c *Context) Neg(a *Tensor) *Tensor { return c.unary("neg", a, true, cNeg) }
+func (c *Context) Neg(a *Tensor) *Tensor { return c.unary("neg", a, rows1Layout, cNeg) }
 
 // Abs returns |a|.
-func (c *Context) Abs(a *Tensor) *Tensor { return c.unary("abs", a, true, cAbs) }
+func (c *Context) Abs(a *Tensor) *Tensor { return c.unary("abs", a, rows1Layout, cAbs) }
 
 // Sgn returns the element-wise sign.
-func (c *Context) Sgn(a *Tensor) *Tensor { return c.unary("sgn", a, true, cSgn) }
+func (c *Context) Sgn(a *Tensor) *Tensor { return c.unary("sgn", a, rows1Layout, cSgn) }
 
 // Step returns 1 where a > 0 and 0 elsewhere.
-func (c *Context) Step(a *Tensor) *Tensor { return c.unary("step", a, true, cStep) }
+func (c *Context) Step(a *Tensor) *Tensor { return c.unary("step", a, rows1Layout, cStep) }
 
 // ReLU returns max(a, 0).
-func (c *Context) ReLU(a *Tensor) *Tensor { return c.unary("relu", a, true, cRelu) }
+func (c *Context) ReLU(a *Tensor) *Tensor { return c.unary("relu", a, rows1Layout, cRelu) }
 
 // SiLU returns a * sigmoid(a).
-func (c *Context) SiLU(a *Tensor) *Tensor { return c.unary("silu", a, true, cSilu) }
+func (c *Context) SiLU(a *Tensor) *Tensor { return c.unary("silu", a, rows1Layout, cSilu) }
 
 // Softplus returns log(1 + exp(a)).
-func (c *Context) Softplus(a *Tensor) *Tensor { return c.unary("softplus", a, true, cSoftplus) }
+func (c *Context) Softplus(a *Tensor) *Tensor { return c.unary("softplus", a, rows1Layout, cSoftplus) }
 
 // Tanh returns tanh(a). ggml has no backward for it: inference only.
-func (c *Context) Tanh(a *Tensor) *Tensor { return c.unary("tanh", a, true, cTanh) }
+func (c *Context) Tanh(a *Tensor) *Tensor { return c.unary("tanh", a, rows1Layout, cTanh) }
 
 // GELU returns the GELU activation. ggml has no backward for it: inference only.
-func (c *Context) GELU(a *Tensor) *Tensor { return c.unary("gelu", a, true, cGelu) }
+func (c *Context) GELU(a *Tensor) *Tensor { return c.unary("gelu", a, rows1Layout, cGelu) }
 
 // Sigmoid returns 1 / (1 + exp(-a)). ggml has no backward for it: inference only.
-func (c *Context) Sigmoid(a *Tensor) *Tensor { return c.unary("sigmoid", a, true, cSigmoid) }
+func (c *Context) Sigmoid(a *Tensor) *Tensor { return c.unary("sigmoid", a, rows1Layout, cSigmoid) }
 
 // Clamp limits a to [lo, hi]. ggml has no backward for it.
 func (c *Context) Clamp(a *Tensor, lo, hi float32) *Tensor {
-	return c.unary("clamp", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return c.unary("clamp", a, rowsLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_clamp(x, p, C.float(lo), C.float(hi))
 	})
 }
 
 // Sum returns the sum of all elements as a one-element tensor.
 func (c *Context) Sum(a *Tensor) *Tensor {
-	return c.unary("sum", a, false, cSum)
+	return c.unary("sum", a, rowsLayout, cSum)
 }
 
 // SumRows returns the sum of each row: shape [1, ne1, ne2, ne3].
-func (c *Context) SumRows(a *Tensor) *Tensor { return c.unary("sum_rows", a, false, cSumRows) }
+func (c *Context) SumRows(a *Tensor) *Tensor { return c.unary("sum_rows", a, rowsLayout, cSumRows) }
 
 // Mean returns the mean of each row: shape [1, ne1, ne2, ne3].
-func (c *Context) Mean(a *Tensor) *Tensor { return c.unary("mean", a, false, cMean) }
+func (c *Context) Mean(a *Tensor) *Tensor { return c.unary("mean", a, rowsLayout, cMean) }
 
 // RMSNorm normalises each row by its root mean square: x / sqrt(mean(x²) + eps).
 func (c *Context) RMSNorm(a *Tensor, eps float32) *Tensor {
-	return c.unary("rms_norm", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	if !(eps >= 0) {
+		return c.fail("rms_norm: %w: eps %v must be >= 0", ErrShape, eps)
+	}
+	return c.unary("rms_norm", a, rowsLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_rms_norm(x, p, C.float(eps))
 	})
 }
@@ -179,7 +237,10 @@ func (c *Context) RMSNorm(a *Tensor, eps float32) *Tensor {
 // Norm normalises each row to zero mean and unit variance (LayerNorm without
 // affine). ggml has no backward for it: inference only.
 func (c *Context) Norm(a *Tensor, eps float32) *Tensor {
-	return c.unary("norm", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	if !(eps >= 0) {
+		return c.fail("norm: %w: eps %v must be >= 0", ErrShape, eps)
+	}
+	return c.unary("norm", a, rowsLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_norm(x, p, C.float(eps))
 	})
 }
@@ -199,6 +260,9 @@ func (c *Context) Repeat(a, like *Tensor) *Tensor {
 	}
 	if !canRepeat(a, like) {
 		return c.fail("repeat: %w: %v cannot be repeated to %v", ErrShape, a.Shape(), like.Shape())
+	}
+	if !c.layoutOK("repeat", rowsLayout, 0, a) {
+		return nil
 	}
 	if !c.reserve("repeat", like.Elements()*4) {
 		return nil
@@ -222,8 +286,8 @@ func (c *Context) MulMat(a, b *Tensor) *Tensor {
 	if b.Type() != TypeF32 && !(b.Type() == a.Type() && a.Type().Float()) {
 		return c.fail("mul_mat: %w: second operand must be f32, got %v", ErrType, b.Type())
 	}
-	if a.Type().Quantized() && b.Stride(0) != b.Type().BlockBytes() {
-		return c.fail("mul_mat: %w: rows of %s must be contiguous for a quantized weight", ErrShape, b)
+	if !c.layoutOK("mul_mat", rowsLayout, 0, a) || !c.layoutOK("mul_mat", rowsLayout, 1, b) {
+		return nil
 	}
 	if !a.Type().Float() && !a.Type().Quantized() {
 		return c.fail("mul_mat: %w: first operand type %v", ErrType, a.Type())
@@ -246,6 +310,15 @@ func (c *Context) OutProd(a, b *Tensor) *Tensor {
 	if b.Type() != TypeF32 {
 		return c.fail("out_prod: %w: second operand must be f32", ErrType)
 	}
+	if a.Type() != TypeF32 && !a.Type().Quantized() {
+		return c.fail("out_prod: %w: first operand must be f32 or quantized, got %v", ErrType, a.Type())
+	}
+	if a.Type().Quantized() && (a.Dim(2) != b.Dim(2) || a.Dim(3) != b.Dim(3)) {
+		return c.fail("out_prod: %w: a quantized first operand %v cannot be broadcast over %v", ErrShape, a.Shape(), b.Shape())
+	}
+	if !c.layoutOK("out_prod", rowsLayout, 0, a) {
+		return nil
+	}
 	if !c.reserve("out_prod", a.Dim(0)*b.Dim(0)*b.Dim(2)*b.Dim(3)*4) {
 		return nil
 	}
@@ -265,6 +338,9 @@ func (c *Context) GetRows(a, ids *Tensor) *Tensor {
 	if a.Dim(2) != ids.Dim(1) || ids.Dim(3) != 1 {
 		return c.fail("get_rows: %w: %v by indices %v", ErrShape, a.Shape(), ids.Shape())
 	}
+	if !c.layoutOK("get_rows", rowsLayout, 0, a) {
+		return nil
+	}
 	if !c.reserve("get_rows", a.Dim(0)*ids.Elements()*4) {
 		return nil
 	}
@@ -283,7 +359,7 @@ const (
 
 // RoPEParams are the rotary position embedding parameters.
 type RoPEParams struct {
-	Dims       int     // rotated dimensions per head (even, <= head size)
+	Dims       int // rotated dimensions per head (even, <= head size)
 	Mode       RoPEMode
 	NCtxOrig   int     // original training context (YaRN)
 	FreqBase   float32 // theta base, e.g. 10000
@@ -305,6 +381,12 @@ func (c *Context) RoPE(a, pos, freqFactors *Tensor, p RoPEParams) *Tensor {
 	}
 	if p.Dims <= 0 || p.Dims%2 != 0 || int64(p.Dims) > a.Dim(0) {
 		return c.fail("rope: %w: %d rotated dimensions for head size %d", ErrShape, p.Dims, a.Dim(0))
+	}
+	if p.Mode != RoPENormal && p.Mode != RoPENeoX {
+		return c.fail("rope: %w: mode %d", ErrShape, p.Mode)
+	}
+	if !c.layoutOK("rope", rowsLayout, 0, a) {
+		return nil
 	}
 	var ff *C.struct_ggml_tensor
 	if freqFactors != nil {
@@ -353,14 +435,14 @@ func (c *Context) SoftMax(a, mask *Tensor, scale float32) *Tensor {
 
 // DiagMaskInf sets elements above the diagonal (shifted by nPast) to -inf.
 func (c *Context) DiagMaskInf(a *Tensor, nPast int) *Tensor {
-	return c.unary("diag_mask_inf", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return c.unary("diag_mask_inf", a, denseLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_diag_mask_inf(x, p, C.int(nPast))
 	})
 }
 
 // DiagMaskZero sets elements above the diagonal (shifted by nPast) to 0.
 func (c *Context) DiagMaskZero(a *Tensor, nPast int) *Tensor {
-	return c.unary("diag_mask_zero", a, false, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return c.unary("diag_mask_zero", a, denseLayout, func(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 		return C.ggml_diag_mask_zero(x, p, C.int(nPast))
 	})
 }
@@ -373,8 +455,8 @@ func (c *Context) SwiGLU(a, b *Tensor) *Tensor {
 	if !sameShape(a, b) || a.Type() != b.Type() {
 		return c.fail("swiglu: %w: %s and %s", ErrShape, a, b)
 	}
-	if a.Stride(0) != a.Type().BlockBytes() || b.Stride(0) != b.Type().BlockBytes() {
-		return c.fail("swiglu: %w: rows must be contiguous", ErrShape)
+	if !c.layoutOK("swiglu", rows1Layout, 0, a) || !c.layoutOK("swiglu", rows1Layout, 1, b) {
+		return nil
 	}
 	if !c.reserve("swiglu", a.Bytes()) {
 		return nil
@@ -493,6 +575,9 @@ func (c *Context) accSet(op string, a, b *Tensor, nb1, nb2, nb3, offset int64, f
 	if !a.Contiguous() || b.Elements() > a.Elements() {
 		return c.fail("%s: %w: %s into %s", op, ErrShape, b, a)
 	}
+	if !c.layoutOK(op, rowsLayout, 1, b) {
+		return nil
+	}
 	if err := accExtent(a, b, nb1, nb2, nb3, offset); err != nil {
 		return c.fail("%s: %w", op, err)
 	}
@@ -525,24 +610,54 @@ func (c *Context) OptStepAdamW(a, grad, m, v, params *Tensor) *Tensor {
 	return c.wrap(C.ggml_opt_step_adamw(c.c, a.t, grad.t, m.t, v.t, params.t))
 }
 
-func cSqr(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_sqr(x, p) }
-func cSqrt(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_sqrt(x, p) }
-func cLog(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_log(x, p) }
-func cExp(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_exp(x, p) }
-func cNeg(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_neg(x, p) }
-func cAbs(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_abs(x, p) }
-func cSgn(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor  { return C.ggml_sgn(x, p) }
-func cStep(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_step(x, p) }
-func cRelu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_relu(x, p) }
-func cSilu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_silu(x, p) }
+func cSqr(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_sqr(x, p)
+}
+func cSqrt(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_sqrt(x, p)
+}
+func cLog(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_log(x, p)
+}
+func cExp(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_exp(x, p)
+}
+func cNeg(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_neg(x, p)
+}
+func cAbs(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_abs(x, p)
+}
+func cSgn(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_sgn(x, p)
+}
+func cStep(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_step(x, p)
+}
+func cRelu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_relu(x, p)
+}
+func cSilu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_silu(x, p)
+}
 func cSoftplus(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 	return C.ggml_softplus(x, p)
 }
-func cTanh(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_tanh(x, p) }
-func cGelu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_gelu(x, p) }
+func cTanh(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_tanh(x, p)
+}
+func cGelu(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_gelu(x, p)
+}
 func cSigmoid(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
 	return C.ggml_sigmoid(x, p)
 }
-func cSum(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor     { return C.ggml_sum(x, p) }
-func cSumRows(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor { return C.ggml_sum_rows(x, p) }
-func cMean(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor    { return C.ggml_mean(x, p) }
+func cSum(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_sum(x, p)
+}
+func cSumRows(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_sum_rows(x, p)
+}
+func cMean(x *C.struct_ggml_context, p *C.struct_ggml_tensor) *C.struct_ggml_tensor {
+	return C.ggml_mean(x, p)
+}

@@ -162,8 +162,14 @@ func (t *Tensor) SetBytes(b []byte) error {
 	return nil
 }
 
-// RawBytes returns a copy of the tensor's data in its own type layout.
+// RawBytes returns a copy of the tensor's data in its own type layout. The
+// elements of a non-contiguous view (a permutation, a transpose, a strided
+// view) are gathered in logical order; for block-quantized types the view's
+// rows must be contiguous.
 func (t *Tensor) RawBytes() ([]byte, error) {
+	if t != nil && t.t != nil && t.Allocated() && !t.Contiguous() {
+		return t.gather()
+	}
 	if err := t.checkData("read bytes", t.Bytes()); err != nil {
 		return nil, err
 	}
@@ -172,6 +178,46 @@ func (t *Tensor) RawBytes() ([]byte, error) {
 		t.read(unsafe.Pointer(&b[0]), int64(len(b)))
 	}
 	return b, nil
+}
+
+// gather copies the elements of a non-contiguous tensor into a contiguous
+// slice. ggml_nbytes of a view is the span from its first to its last byte,
+// so the whole span is read once and the rows are picked out of it.
+func (t *Tensor) gather() ([]byte, error) {
+	if t.ctx != nil && t.ctx.c == nil {
+		return nil, fmt.Errorf("read %s: %w", t, ErrClosed)
+	}
+	typ := t.Type()
+	es := typ.BlockBytes()
+	rowBytes, err := typ.RowBytes(t.Dim(0))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", t, err)
+	}
+	if typ.BlockSize() != 1 && t.Stride(0) != es {
+		return nil, fmt.Errorf("read %s: %w: rows of a quantized view must be contiguous", t, ErrShape)
+	}
+	span := make([]byte, t.Bytes())
+	if len(span) > 0 {
+		t.read(unsafe.Pointer(&span[0]), int64(len(span)))
+	}
+	ne, nb := t.Shape(), t.Strides()
+	out := make([]byte, 0, rowBytes*t.Rows())
+	for i3 := int64(0); i3 < ne[3]; i3++ {
+		for i2 := int64(0); i2 < ne[2]; i2++ {
+			for i1 := int64(0); i1 < ne[1]; i1++ {
+				base := i1*nb[1] + i2*nb[2] + i3*nb[3]
+				if typ.BlockSize() != 1 || nb[0] == es {
+					out = append(out, span[base:base+rowBytes]...)
+					continue
+				}
+				for i0 := int64(0); i0 < ne[0]; i0++ {
+					off := base + i0*nb[0]
+					out = append(out, span[off:off+es]...)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // SetFloats stores data in the tensor, converting to its type (F32, F16,
@@ -190,7 +236,8 @@ func (t *Tensor) SetFloats(data []float32) error {
 	return t.SetBytes(b)
 }
 
-// Floats returns the tensor's elements converted to float32.
+// Floats returns the tensor's elements converted to float32 (gathered in
+// logical order if it is a non-contiguous view).
 func (t *Tensor) Floats() ([]float32, error) {
 	b, err := t.RawBytes()
 	if err != nil {
@@ -220,17 +267,19 @@ func (t *Tensor) SetInts(data []int32) error {
 	return nil
 }
 
-// Ints returns the data of an I32 tensor.
+// Ints returns the data of an I32 tensor (gathered in logical order if it
+// is a non-contiguous view).
 func (t *Tensor) Ints() ([]int32, error) {
 	if t.Type() != TypeI32 {
 		return nil, fmt.Errorf("read ints %s: %w: tensor is not i32", t, ErrType)
 	}
-	out := make([]int32, t.Elements())
-	if err := t.checkData("read ints", int64(len(out))*4); err != nil {
+	b, err := t.RawBytes()
+	if err != nil {
 		return nil, err
 	}
+	out := make([]int32, len(b)/4)
 	if len(out) > 0 {
-		t.read(unsafe.Pointer(&out[0]), int64(len(out))*4)
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(b)), b)
 	}
 	return out, nil
 }
@@ -319,4 +368,12 @@ func DecodeFloats(typ Type, b []byte, n int64) ([]float32, error) {
 		return nil, fmt.Errorf("%w: cannot convert %v to floats", ErrType, typ)
 	}
 	return out, nil
+}
+
+// Src returns operand i of the operation that produces t, or nil.
+func (t *Tensor) Src(i int) *Tensor {
+	if i < 0 || i >= C.GGML_MAX_SRC || t.t.src[i] == nil {
+		return nil
+	}
+	return &Tensor{t: t.t.src[i], ctx: t.ctx}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/internal/ggufpatch"
 )
 
 // Scaled is an adapter with the user scale it is applied with (the
@@ -44,16 +45,7 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 			}
 		}
 	}
-	w, err := binding.NewGGUFWriter(len(base.Tensors()))
-	if err != nil {
-		return fmt.Errorf("merge: %w", err)
-	}
-	defer w.Close()
-	for _, kv := range base.KVs() {
-		if err := w.Set(kv.Key, kv.Value); err != nil {
-			return fmt.Errorf("merge: key %s: %w", kv.Key, err)
-		}
-	}
+	patches := map[string]ggufpatch.Patch{}
 	for _, ti := range base.Tensors() {
 		var pairs []Scaled
 		for _, s := range adapters {
@@ -62,13 +54,6 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 			}
 		}
 		if len(pairs) == 0 {
-			raw, err := base.ReadTensor(ti.Name)
-			if err != nil {
-				return fmt.Errorf("merge: %w", err)
-			}
-			if err := w.AddTensor(ti.Name, ti.Type, ti.Shape, raw); err != nil {
-				return fmt.Errorf("merge: %w", err)
-			}
 			continue
 		}
 		vals, err := base.ReadTensorFloats(ti.Name)
@@ -84,11 +69,9 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 		if opts.Type != nil {
 			typ = *opts.Type
 		}
-		if err := w.AddFloats(ti.Name, typ, ti.Shape, vals); err != nil {
-			return fmt.Errorf("merge: %w", err)
-		}
+		patches[ti.Name] = ggufpatch.Patch{Values: vals, Type: typ}
 	}
-	if err := w.WriteFile(outPath); err != nil {
+	if err := ggufpatch.Write(basePath, outPath, patches, nil); err != nil {
 		return fmt.Errorf("merge: %w", err)
 	}
 	return nil

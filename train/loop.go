@@ -23,6 +23,8 @@ type Source interface {
 	Seek(Position) error
 	// BatchesPerEpoch returns the number of batches in one epoch.
 	BatchesPerEpoch() int
+	// Epoch returns the epochs completed so far, with a fraction.
+	Epoch() float64
 }
 
 // Config configures Run.
@@ -171,10 +173,6 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 	prog := newProgress(cfg.Progress, total, ck.Step)
 	defer prog.finish()
 	start := time.Now()
-	epochOf := func() float64 {
-		p := src.Position()
-		return float64(p.Epoch) + float64(p.Index)/float64(max(src.BatchesPerEpoch(), 1))
-	}
 	evaluate := func() (*Evaluation, error) {
 		if len(val) == 0 {
 			return nil, nil
@@ -183,7 +181,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		if err != nil {
 			return nil, err
 		}
-		emit(Metrics{Kind: "eval", Step: e.StepCount(), Epoch: epochOf(), Loss: ev.Loss, Perplexity: ev.Perplexity,
+		emit(Metrics{Kind: "eval", Step: e.StepCount(), Epoch: src.Epoch(), Loss: ev.Loss, Perplexity: ev.Perplexity,
 			Accuracy: ev.Accuracy, ElapsedSec: time.Since(start).Seconds()})
 		prog.eval(ev)
 		return &ev, nil
@@ -242,7 +240,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		res.LastLoss = loss
 		elapsed := time.Since(start).Seconds()
 		done := e.StepCount() - res.ResumedFrom
-		m := Metrics{Kind: "train", Step: e.StepCount(), Epoch: epochOf(), Loss: loss, LR: lr, GradNorm: norm,
+		m := Metrics{Kind: "train", Step: e.StepCount(), Epoch: src.Epoch(), Loss: loss, LR: lr, GradNorm: norm,
 			TokensPerSec: float64(stepTokens) / time.Since(stepStart).Seconds(), ElapsedSec: elapsed,
 			ETASec: elapsed / float64(done) * float64(total-e.StepCount())}
 		emit(m)

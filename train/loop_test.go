@@ -32,6 +32,9 @@ func (s *sliceSource) Next() (train.Batch, error) {
 func (s *sliceSource) Position() train.Position    { return s.pos }
 func (s *sliceSource) Seek(p train.Position) error { s.pos = p; return nil }
 func (s *sliceSource) BatchesPerEpoch() int        { return len(s.batches) }
+func (s *sliceSource) Epoch() float64 {
+	return float64(s.pos.Epoch) + float64(s.pos.Index)/float64(len(s.batches))
+}
 
 func markovSource(n int) *sliceSource {
 	s := &sliceSource{}

@@ -1,0 +1,91 @@
+package finetune
+
+import (
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/data"
+	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
+)
+
+// graphBuilder lets the training engine build the model's forward graph
+// with a method's hooks.
+type graphBuilder struct {
+	m     *model.Model
+	hooks []model.Hook
+	seed  uint64
+}
+
+type forward struct{ f *model.Forward }
+
+func (f forward) Logits() *binding.Tensor { return f.f.Logits }
+
+func (f forward) SetBatch(tokens, segments []int32) error { return f.f.SetBatch(tokens, segments) }
+
+// BuildForward implements train.Builder.
+func (g *graphBuilder) BuildForward(ctx *binding.Context, b, t int, training bool) (train.Forward, error) {
+	f, err := g.m.BuildForward(ctx, model.Shape{Batch: b, Tokens: t, Train: training, Seed: g.seed}, g.hooks)
+	if err != nil {
+		return nil, err
+	}
+	return forward{f}, nil
+}
+
+// VocabSize implements train.Builder.
+func (g *graphBuilder) VocabSize() int { return g.m.Config().NVocab }
+
+// toTrainBatch converts a data batch: padding (segment 0) becomes the
+// model's negative segment id.
+func toTrainBatch(b *data.Batch) train.Batch {
+	segs := make([]int32, len(b.Segments))
+	for i, s := range b.Segments {
+		if s == 0 {
+			segs[i] = -1
+		} else {
+			segs[i] = s
+		}
+	}
+	return train.Batch{B: b.B, T: b.T, Tokens: b.Tokens, Targets: b.Labels, Segments: segs}
+}
+
+// loaderSource adapts a data.Loader (endless) to train.Source.
+type loaderSource struct {
+	l        *data.Loader
+	perEpoch int // batches in one epoch
+	examples int // examples in one epoch
+}
+
+func (s *loaderSource) Next() (train.Batch, error) {
+	b, err := s.l.Next()
+	if err != nil {
+		return train.Batch{}, err
+	}
+	return toTrainBatch(b), nil
+}
+
+func (s *loaderSource) Position() train.Position {
+	p := s.l.Position()
+	return train.Position{Epoch: p.Epoch, Index: p.Index}
+}
+
+func (s *loaderSource) Seek(p train.Position) error {
+	return s.l.Seek(data.Position{Epoch: p.Epoch, Index: p.Index})
+}
+
+func (s *loaderSource) BatchesPerEpoch() int { return s.perEpoch }
+
+func (s *loaderSource) Epoch() float64 {
+	p := s.l.Position()
+	return float64(p.Epoch) + float64(p.Index)/float64(max(s.examples, 1))
+}
+
+// tokenizer adapts the model's tokenizer to data.Tokenizer.
+type tokenizer struct{ t *model.Tokenizer }
+
+func (t tokenizer) Tokenize(text string, addSpecial, parseSpecial bool) ([]int32, error) {
+	return t.t.Encode(text, addSpecial, parseSpecial)
+}
+func (t tokenizer) BOS() int32           { return t.t.BOS() }
+func (t tokenizer) EOS() int32           { return t.t.EOS() }
+func (t tokenizer) AddBOS() bool         { return t.t.AddBOS() }
+func (t tokenizer) AddEOS() bool         { return t.t.AddEOS() }
+func (t tokenizer) ChatTemplate() string { return t.t.ChatTemplate() }

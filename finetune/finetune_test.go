@@ -1,0 +1,98 @@
+package finetune_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
+)
+
+func fileHash(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return sha256.Sum256(b)
+}
+
+// shakespeare writes a training and a held-out slice of tinyshakespeare.
+func shakespeare(t *testing.T) (trainPath, valPath string) {
+	t.Helper()
+	b, err := os.ReadFile(fixture.Path(t, "text/tinyshakespeare.txt"))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	trainPath, valPath = filepath.Join(dir, "train.txt"), filepath.Join(dir, "val.txt")
+	require.NoError(t, os.WriteFile(trainPath, b[:200000], 0o644))
+	require.NoError(t, os.WriteFile(valPath, b[len(b)-20000:], 0o644))
+	return trainPath, valPath
+}
+
+func baseJob(t *testing.T, method finetune.Method) finetune.Job {
+	trainPath, valPath := shakespeare(t)
+	return finetune.Job{
+		Method: method, Model: fixture.Path(t, "models/stories260K.gguf"), Data: trainPath, Val: valPath,
+		Output: filepath.Join(t.TempDir(), "out.gguf"), Context: 64, Batch: 4, Pack: true, Threads: 2, Seed: 1,
+		MaxValBatches: 8, LoRA: lora.DefaultConfig(),
+		Train: train.Config{Steps: 60, Optimizer: train.DefaultAdamW(),
+			Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, Warmup: 5}},
+	}
+}
+
+func TestLoRALowersShakespeareLoss(t *testing.T) {
+	j := baseJob(t, finetune.LoRA)
+	before := fileHash(t, j.Model)
+	rep, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+	ev0, ev1 := rep.Result.EvalBefore, rep.Result.EvalAfter
+	t.Logf("held-out loss %.3f -> %.3f (%d trainable values)", ev0.Loss, ev1.Loss, rep.Params)
+	assert.Less(t, ev1.Loss, ev0.Loss-0.3, "a clear drop")
+	assert.Equal(t, before, fileHash(t, j.Model), "the base file is unchanged")
+
+	// libllama loads the adapter and agrees with our graph.
+	lm, err := binding.LoadModel(j.Model, binding.ModelParams{})
+	require.NoError(t, err)
+	defer lm.Close()
+	ad, err := lm.LoadAdapter(j.Output)
+	require.NoError(t, err)
+	defer ad.Close()
+	lctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
+	require.NoError(t, err)
+	defer lctx.Close()
+	require.NoError(t, lctx.SetAdapter(ad, 1))
+	toks := []int32{1, 403, 17, 260, 5, 88, 301, 44, 2, 99}
+	require.NoError(t, lctx.Decode(toks, 0, true))
+
+	m, err := model.Load(j.Model, model.Options{Threads: 2})
+	require.NoError(t, err)
+	defer m.Close()
+	f, err := binding.OpenGGUF(j.Model)
+	require.NoError(t, err)
+	defer f.Close()
+	a, err := lora.Load(j.Output, f, m.Backend())
+	require.NoError(t, err)
+	defer a.Close()
+	ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{a.Hook(1)})
+	require.NoError(t, err)
+	nv := m.Config().NVocab
+	var maxDiff float64
+	for i := range toks {
+		want, err := lctx.Logits(i)
+		require.NoError(t, err)
+		for k := 0; k < nv; k++ {
+			maxDiff = math.Max(maxDiff, math.Abs(float64(want[k]-ours[i*nv+k])))
+		}
+	}
+	t.Logf("max |logits(ggtune) - logits(libllama)| with the adapter: %.2e", maxDiff)
+	assert.LessOrEqual(t, maxDiff, 1e-3)
+}
