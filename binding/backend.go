@@ -341,6 +341,16 @@ func (b *Buffer) Close() {
 // backend, reusing memory between nodes (ggml's graph allocator).
 type Allocator struct {
 	a C.ggml_gallocr_t
+	// owned are the tensors Alloc placed in the allocator's buffer (only
+	// those in the memory of the graph's own context). Close detaches them,
+	// so that using them afterwards gives ErrNotAllocated instead of
+	// reading freed memory.
+	owned map[*C.struct_ggml_tensor]allocation
+}
+
+type allocation struct {
+	buf C.ggml_backend_buffer_t
+	ctx *Context
 }
 
 // NewAllocator creates a graph allocator for the backend's default buffer type.
@@ -373,8 +383,30 @@ func (a *Allocator) Alloc(g *Graph) error {
 	if a.a == nil {
 		return fmt.Errorf("alloc graph: %w", ErrClosed)
 	}
+	if g.ctx.c == nil {
+		return fmt.Errorf("alloc graph: graph %w", ErrClosed)
+	}
+	var fresh []*C.struct_ggml_tensor
+	for _, t := range g.tensors() {
+		if t.data == nil && t.buffer == nil && g.ctx.holds(t) {
+			fresh = append(fresh, t)
+		}
+	}
 	if !C.ggml_gallocr_alloc_graph(a.a, g.g) {
 		return fmt.Errorf("alloc graph: %w", ErrOutOfMemory)
+	}
+	if a.owned == nil {
+		a.owned = map[*C.struct_ggml_tensor]allocation{}
+	}
+	for t, al := range a.owned {
+		if al.ctx.c == nil {
+			delete(a.owned, t)
+		}
+	}
+	for _, t := range fresh {
+		if t.buffer != nil {
+			a.owned[t] = allocation{buf: t.buffer, ctx: g.ctx}
+		}
 	}
 	return nil
 }
@@ -392,6 +424,12 @@ func (a *Allocator) Close() {
 	if a == nil || a.a == nil {
 		return
 	}
+	for t, al := range a.owned {
+		if al.ctx.c != nil && t.buffer == al.buf {
+			t.data, t.buffer = nil, nil
+		}
+	}
+	a.owned = nil
 	C.ggml_gallocr_free(a.a)
 	a.a = nil
 	runtime.SetFinalizer(a, nil)

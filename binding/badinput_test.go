@@ -719,3 +719,43 @@ func TestOutOfMemory(t *testing.T) {
 	assert.ErrorIs(t, s.Alloc(g3), binding.ErrOutOfMemory)
 	assert.ErrorIs(t, s.Reserve(g3), binding.ErrOutOfMemory)
 }
+
+// TestAllocatorClose checks that tensors placed by a graph allocator are
+// detached when it is closed: reading them is an error, not a read of
+// freed memory, and they can be allocated again.
+func TestAllocatorClose(t *testing.T) {
+	be, err := binding.NewCPUBackend(1)
+	require.NoError(t, err)
+	defer be.Close()
+	ctx, err := binding.NewGraphContext(8, 16, false)
+	require.NoError(t, err)
+	defer ctx.Close()
+	x := ctx.NewTensor(binding.TypeF32, 8)
+	x.SetInput()
+	out := ctx.Scale(ctx.Sqr(x), 2)
+	g, err := ctx.NewGraph(16, false)
+	require.NoError(t, err)
+	require.NoError(t, g.BuildForward(out))
+	alloc, err := be.NewAllocator()
+	require.NoError(t, err)
+	require.NoError(t, alloc.Alloc(g))
+	require.NoError(t, x.SetFloats([]float32{1, 2, 3, 4, 5, 6, 7, 8}))
+	require.NoError(t, be.Compute(g))
+	v, err := out.Floats()
+	require.NoError(t, err)
+	assert.Equal(t, []float32{2, 8, 18, 32, 50, 72, 98, 128}, v)
+	alloc.Close()
+	_, err = out.Floats()
+	assert.ErrorIs(t, err, binding.ErrNotAllocated)
+	assert.ErrorIs(t, be.Compute(g), binding.ErrNotAllocated)
+
+	alloc2, err := be.NewAllocator()
+	require.NoError(t, err)
+	defer alloc2.Close()
+	require.NoError(t, alloc2.Alloc(g))
+	require.NoError(t, x.SetFloats([]float32{1, 1, 1, 1, 1, 1, 1, 1}))
+	require.NoError(t, be.Compute(g))
+	v, err = out.Floats()
+	require.NoError(t, err)
+	assert.Equal(t, []float32{2, 2, 2, 2, 2, 2, 2, 2}, v)
+}

@@ -86,6 +86,12 @@ func (c *Context) Close() {
 	runtime.SetFinalizer(c, nil)
 }
 
+// holds reports whether the tensor t lives in the context's memory.
+func (c *Context) holds(t *C.struct_ggml_tensor) bool {
+	p, base := uintptr(unsafe.Pointer(t)), uintptr(c.buf)
+	return c.buf != nil && p >= base && p < base+uintptr(c.size)
+}
+
 // Err returns the first error recorded while building operations.
 func (c *Context) Err() error { return c.err }
 

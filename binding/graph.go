@@ -64,6 +64,29 @@ func reachable(t *C.struct_ggml_tensor, seen map[*C.struct_ggml_tensor]bool) int
 	return n
 }
 
+// tensors returns the graph's nodes and everything they reference
+// (operands and view sources), each once.
+func (g *Graph) tensors() []*C.struct_ggml_tensor {
+	seen := map[*C.struct_ggml_tensor]bool{}
+	var out []*C.struct_ggml_tensor
+	var visit func(t *C.struct_ggml_tensor)
+	visit = func(t *C.struct_ggml_tensor) {
+		if t == nil || seen[t] {
+			return
+		}
+		seen[t] = true
+		out = append(out, t)
+		for j := 0; j < C.GGML_MAX_SRC; j++ {
+			visit(tensorSrc(t, j))
+		}
+		visit(t.view_src)
+	}
+	for i := 0; i < g.NumNodes(); i++ {
+		visit(C.ggml_graph_node(g.g, C.int(i)))
+	}
+	return out
+}
+
 // countTensors returns the number of distinct nodes and leafs of the graph
 // (every leaf is an operand of some node).
 func (g *Graph) countTensors() int {

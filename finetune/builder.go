@@ -7,6 +7,12 @@ import (
 	"github.com/ggtune/ggtune/train"
 )
 
+// GraphBuilder returns the train.Builder that builds the model's forward
+// graph with the given hooks (seed seeds dropout masks).
+func GraphBuilder(m *model.Model, hooks []model.Hook, seed uint64) train.Builder {
+	return &graphBuilder{m: m, hooks: hooks, seed: seed}
+}
+
 // graphBuilder lets the training engine build the model's forward graph
 // with a method's hooks.
 type graphBuilder struct {
