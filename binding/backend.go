@@ -441,6 +441,7 @@ type Sched struct {
 	s         C.ggml_backend_sched_t
 	backends  []*Backend
 	graphSize int
+	user      any // the graph or OptContext whose allocation the scheduler holds
 }
 
 // NewSched creates a scheduler over backends for graphs of up to graphSize nodes.
@@ -494,6 +495,7 @@ func (s *Sched) Alloc(g *Graph) error {
 		return fmt.Errorf("alloc graph: %w", err)
 	}
 	C.ggml_backend_sched_reset(s.s)
+	s.user = g
 	if !C.ggml_backend_sched_alloc_graph(s.s, g.g) {
 		return fmt.Errorf("alloc graph: %w", ErrOutOfMemory)
 	}
@@ -527,6 +529,7 @@ func (s *Sched) Compute(g *Graph) error {
 func (s *Sched) Reset() {
 	if s.s != nil {
 		C.ggml_backend_sched_reset(s.s)
+		s.user = nil
 	}
 }
 

@@ -523,6 +523,13 @@ func (s *backwardSim) step(node *C.struct_ggml_tensor, g gradLayout) error {
 // checkBackward replicates the conditions under which ggml's backward pass
 // aborts, so that they become errors.
 func (g *Graph) checkBackward() error {
+	_, err := g.simulateBackward()
+	return err
+}
+
+// simulateBackward runs the checks of checkBackward and returns the
+// simulated gradient layouts.
+func (g *Graph) simulateBackward() (*backwardSim, error) {
 	n := g.NumNodes()
 	needs := map[*C.struct_ggml_tensor]bool{}
 	anyParam, anyLoss := false, false
@@ -532,10 +539,10 @@ func (g *Graph) checkBackward() error {
 		anyLoss = anyLoss || node.flags&C.GGML_TENSOR_FLAG_LOSS != 0
 	}
 	if !anyParam {
-		return fmt.Errorf("%w: the graph has no trainable parameter", ErrNoBackward)
+		return nil, fmt.Errorf("%w: the graph has no trainable parameter", ErrNoBackward)
 	}
 	if !anyLoss {
-		return fmt.Errorf("%w: the graph has no loss", ErrNoBackward)
+		return nil, fmt.Errorf("%w: the graph has no loss", ErrNoBackward)
 	}
 	for i := 0; i < n; i++ {
 		node := C.ggml_graph_node(g.g, C.int(i))
@@ -560,7 +567,7 @@ func (g *Graph) checkBackward() error {
 				continue
 			}
 			if src._type != C.GGML_TYPE_F32 && src._type != C.GGML_TYPE_F16 {
-				return fmt.Errorf("%w: gradient through %v operand of %s %q", ErrNoBackward, Type(src._type), C.GoString(C.ggml_op_desc(node)), name)
+				return nil, fmt.Errorf("%w: gradient through %v operand of %s %q", ErrNoBackward, Type(src._type), C.GoString(C.ggml_op_desc(node)), name)
 			}
 			need = true
 			break
@@ -571,16 +578,16 @@ func (g *Graph) checkBackward() error {
 		op := C.GoString(C.ggml_op_desc(node))
 		if node.view_src != nil && node.op != C.GGML_OP_CPY && node.op != C.GGML_OP_VIEW && node.op != C.GGML_OP_RESHAPE &&
 			node.op != C.GGML_OP_PERMUTE && node.op != C.GGML_OP_TRANSPOSE {
-			return fmt.Errorf("%w: in-place %s %q", ErrNoBackward, op, name)
+			return nil, fmt.Errorf("%w: in-place %s %q", ErrNoBackward, op, name)
 		}
 		if !backwardOps[node.op] {
-			return fmt.Errorf("%w: ggml cannot differentiate %s %q", ErrNoBackward, op, name)
+			return nil, fmt.Errorf("%w: ggml cannot differentiate %s %q", ErrNoBackward, op, name)
 		}
 		if node.op == C.GGML_OP_UNARY && !backwardUnary[C.ggml_get_unary_op(node)] {
-			return fmt.Errorf("%w: ggml cannot differentiate %s %q", ErrNoBackward, op, name)
+			return nil, fmt.Errorf("%w: ggml cannot differentiate %s %q", ErrNoBackward, op, name)
 		}
 		if node.op == C.GGML_OP_GLU && (C.ggml_get_glu_op(node) != C.GGML_GLU_OP_SWIGLU || tensorSrc(node, 1) == nil) {
-			return fmt.Errorf("%w: ggml differentiates only split SwiGLU, not %s %q", ErrNoBackward, op, name)
+			return nil, fmt.Errorf("%w: ggml differentiates only split SwiGLU, not %s %q", ErrNoBackward, op, name)
 		}
 		needs[node] = true
 	}
@@ -598,10 +605,10 @@ func (g *Graph) checkBackward() error {
 			continue
 		}
 		if err := sim.step(node, gl); err != nil {
-			return fmt.Errorf("%w: %s %q: %v", ErrNoBackward, C.GoString(C.ggml_op_desc(node)), C.GoString(&node.name[0]), err)
+			return nil, fmt.Errorf("%w: %s %q: %v", ErrNoBackward, C.GoString(C.ggml_op_desc(node)), C.GoString(&node.name[0]), err)
 		}
 	}
-	return nil
+	return sim, nil
 }
 
 // BuildBackward adds the backward pass for the graph's loss (see

@@ -408,6 +408,9 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 // Accumulate runs the forward and backward pass of one micro batch, adding
 // its gradients to the accumulators, and returns the batch's mean loss.
 func (e *Engine) Accumulate(batch Batch) (float64, error) {
+	if e.trainGraph == nil {
+		return 0, fmt.Errorf("train step: %w", ErrEvalOnly)
+	}
 	if _, err := e.setLossInputs(e.trainIn, e.trainFwd, batch); err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}

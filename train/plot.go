@@ -2,6 +2,7 @@ package train
 
 import (
 	"fmt"
+	"image/color"
 	"os"
 	"path/filepath"
 
@@ -33,6 +34,7 @@ func PlotLoss(history []Metrics, path string) error {
 	if err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
+	p.Legend.Top = true
 	p.Add(line, plotter.NewGrid())
 	p.Legend.Add("train", line)
 	if len(evalPts) > 0 {
@@ -41,6 +43,8 @@ func PlotLoss(history []Metrics, path string) error {
 			return fmt.Errorf("plot %s: %w", path, err)
 		}
 		evalLine.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		evalLine.Color = color.RGBA{R: 200, A: 255}
+		evalDots.Color = color.RGBA{R: 200, A: 255}
 		p.Add(evalLine, evalDots)
 		p.Legend.Add("eval", evalLine, evalDots)
 	}
