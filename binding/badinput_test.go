@@ -759,3 +759,64 @@ func TestAllocatorClose(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []float32{2, 2, 2, 2, 2, 2, 2, 2}, v)
 }
+
+// TestCorruptTensors rewrites stories260K with a tensor missing or of the
+// wrong shape: libllama must refuse the file with an error.
+func TestCorruptTensors(t *testing.T) {
+	src := fixture.Path(t, "models/stories260K.gguf")
+	f, err := binding.OpenGGUF(src)
+	require.NoError(t, err)
+	defer f.Close()
+	var matrix string
+	for _, ti := range f.Tensors() {
+		if len(ti.Shape) == 2 && ti.Shape[0] != ti.Shape[1] && ti.Type == binding.TypeF32 {
+			matrix = ti.Name
+			break
+		}
+	}
+	require.NotEmpty(t, matrix)
+	edits := map[string]func(ti binding.GGUFTensorInfo, b []byte) (binding.GGUFTensorInfo, []byte, bool){
+		"missing": func(ti binding.GGUFTensorInfo, b []byte) (binding.GGUFTensorInfo, []byte, bool) {
+			return ti, b, ti.Name != matrix
+		},
+		"transposed shape": func(ti binding.GGUFTensorInfo, b []byte) (binding.GGUFTensorInfo, []byte, bool) {
+			if ti.Name == matrix {
+				ti.Shape = []int64{ti.Shape[1], ti.Shape[0]}
+			}
+			return ti, b, true
+		},
+		"one row short": func(ti binding.GGUFTensorInfo, b []byte) (binding.GGUFTensorInfo, []byte, bool) {
+			if ti.Name == matrix {
+				ti.Shape = []int64{ti.Shape[0], ti.Shape[1] - 1}
+				b = b[:ti.Shape[0]*ti.Shape[1]*4]
+			}
+			return ti, b, true
+		},
+	}
+	dir := t.TempDir()
+	for name, edit := range edits {
+		t.Run(name, func(t *testing.T) {
+			w, err := binding.NewGGUFWriter(len(f.Tensors()) + 1)
+			require.NoError(t, err)
+			defer w.Close()
+			for _, kv := range f.KVs() {
+				require.NoError(t, w.Set(kv.Key, kv.Value))
+			}
+			for _, ti := range f.Tensors() {
+				b, err := f.ReadTensor(ti.Name)
+				require.NoError(t, err)
+				ti, b, keep := edit(ti, b)
+				if keep {
+					require.NoError(t, w.AddTensor(ti.Name, ti.Type, ti.Shape, b))
+				}
+			}
+			path := filepath.Join(dir, "edit.gguf")
+			require.NoError(t, w.WriteFile(path))
+			g, err := binding.OpenGGUF(path)
+			require.NoError(t, err, "still a valid GGUF file")
+			g.Close()
+			_, err = binding.LoadModel(path, binding.ModelParams{})
+			assert.ErrorIs(t, err, binding.ErrLlama)
+		})
+	}
+}

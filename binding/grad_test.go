@@ -320,6 +320,19 @@ func gradCases() []gradCase {
 			},
 		},
 		{
+			// A llama feed-forward block with its pre-norm and residual: x
+			// has two consumers, so its gradients are accumulated.
+			name: "ffn block",
+			params: func(r *rand.Rand) []gradcheck.Param {
+				return params(p(r, "x", 6, 3), p(r, "norm", 6), p(r, "gate", 6, 5), p(r, "up", 6, 5), p(r, "down", 5, 6))
+			},
+			build: func(ctx *binding.Context, x []*binding.Tensor) *binding.Tensor {
+				h := ctx.Mul(ctx.RMSNorm(x[0], 1e-5), x[1])
+				ff := ctx.SwiGLU(ctx.MulMat(x[2], h), ctx.MulMat(x[3], h))
+				return ctx.Add(x[0], ctx.MulMat(x[4], ff))
+			},
+		},
+		{
 			// A causal attention head pair as a llama block builds it: RoPE,
 			// permutes without Cont before mul_mat, a masked scaled softmax.
 			name: "attention",
@@ -407,4 +420,20 @@ func TestOutProd(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, gb.BuildForward(loss))
 	assert.ErrorIs(t, gb.BuildBackward(ctx), binding.ErrNoBackward)
+}
+
+// TestGradCheckDetectsWrongGradient is the checker's negative control: a
+// reference function that differs from the graph by 5% must fail the
+// tolerance.
+func TestGradCheckDetectsWrongGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	res, err := gradcheck.Check(gradcheck.Case{
+		Params:    params(p(rng, "x", 6, 4)),
+		Build:     func(ctx *binding.Context, x []*binding.Tensor) *binding.Tensor { return ctx.Scale(x[0], 2) },
+		Reference: func(ctx *binding.Context, x []*binding.Tensor) *binding.Tensor { return ctx.Scale(x[0], 2.1) },
+	})
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	assert.Greater(t, res[0].RelErr, gradTol)
+	assert.InDelta(t, 0.1/2.1, res[0].RelErr, 1e-3)
 }

@@ -6,6 +6,25 @@ package binding
 #include "ggml-backend.h"
 #include "ggml-opt.h"
 
+// ggtune_opt_free_copy frees the context that ggml_opt_alloc keeps for its
+// copy of the allocated graph, which ggml_opt_free (at the pinned version)
+// forgets. struct ggml_opt_context is private to ggml-opt.cpp; its first
+// seven members are pointers: backend_sched, allocated_graph,
+// allocated_graph_copy, ctx_static, ctx_cpu, ctx_compute, ctx_copy. The two
+// the caller passed in (sched and ctx_compute) are compared first, so a
+// changed layout leaks instead of freeing the wrong memory.
+static void ggtune_opt_free_copy(ggml_opt_context_t opt, ggml_backend_sched_t sched, struct ggml_context * compute) {
+    void ** fields = (void **) opt;
+    if (fields[0] != (void *) sched || fields[5] != (void *) compute) {
+        return;
+    }
+    struct ggml_context * copy = (struct ggml_context *) fields[6];
+    if (copy != NULL) {
+        ggml_free(copy);
+        fields[6] = NULL;
+    }
+}
+
 // ggtune_opt_params fills ggml-opt's parameters for static graphs with
 // constant optimizer parameters read from ud (which the caller updates
 // before each step).
@@ -516,6 +535,7 @@ func (o *OptContext) Close() {
 			C.ggml_backend_sched_reset(o.sched.s)
 		}
 	}
+	C.ggtune_opt_free_copy(o.o, o.sched.s, o.compute.c)
 	C.ggml_opt_free(o.o)
 	C.free(unsafe.Pointer(o.pars))
 	o.o, o.pars = nil, nil

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/lora"
+)
+
+func init() { register(newMergeCmd) }
+
+// newMergeCmd builds `ggtune merge`: fold LoRA adapters into a base model
+// and write a full GGUF that llama.cpp, Ollama and ggtune load without the
+// adapters.
+func newMergeCmd() *cobra.Command {
+	var (
+		base, out, typ string
+		specs          []string
+		threads        int
+	)
+	cmd := &cobra.Command{
+		Use:   "merge -m BASE --lora A[:SCALE] [--lora B[:SCALE]]... -o OUT.gguf",
+		Short: "Merge LoRA adapters into a base model (a full GGUF)",
+		Long: "Write a copy of the base model with the adapters folded into its weights:\n" +
+			"W' = W + sum(scale * alpha/r * B*A), llama.cpp's --lora-scaled semantics. The merged\n" +
+			"matrices keep their base type (quantized ones are re-quantized) unless --type is given;\n" +
+			"every other tensor and all metadata are copied unchanged. The file is written atomically.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case base == "":
+				return fmt.Errorf("merge: %w: -m BASE is required", errUsage)
+			case len(specs) == 0:
+				return fmt.Errorf("merge: %w: at least one --lora ADAPTER[:SCALE] is required", errUsage)
+			case out == "":
+				return fmt.Errorf("merge: %w: -o OUT.gguf is required", errUsage)
+			}
+			var opts lora.MergeOptions
+			if typ != "" {
+				t, err := binding.TypeByName(strings.ToLower(typ))
+				if err != nil {
+					return fmt.Errorf("merge: %w: --type: %v (for example f32, f16, bf16, q8_0, q4_0, q4_k)", errUsage, err)
+				}
+				opts.Type = &t
+			}
+			if abs, err := filepath.Abs(out); err == nil {
+				if b, err := filepath.Abs(base); err == nil && abs == b {
+					return fmt.Errorf("merge: %w: -o must differ from the base model", errUsage)
+				}
+			}
+			backend, err := binding.NewCPUBackend(threads)
+			if err != nil {
+				return err
+			}
+			defer backend.Close()
+			adapters, err := loadLoRAs(specs, base, backend)
+			if err != nil {
+				return fmt.Errorf("merge: %w", err)
+			}
+			defer func() {
+				for _, a := range adapters {
+					a.Adapter.Close()
+				}
+			}()
+			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+				return fmt.Errorf("merge: %w", err)
+			}
+			if err := lora.Merge(base, out, adapters, opts); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "merged into %s:", out)
+			for i, a := range adapters {
+				fmt.Fprintf(w, " %s (scale %g, %d matrices)", specs[i], a.Scale, len(a.Adapter.Weights()))
+			}
+			fmt.Fprintln(w)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&base, "model", "m", "", "base model GGUF (required)")
+	f.StringArrayVar(&specs, "lora", nil, "LoRA adapter GGUF as PATH or PATH:SCALE (repeatable; default scale 1)")
+	f.StringVarP(&out, "output", "o", "", "merged model GGUF to write (required)")
+	f.StringVar(&typ, "type", "", "element type of the merged matrices, e.g. f32, f16, bf16, q8_0 (default: each keeps its base type)")
+	f.IntVarP(&threads, "threads", "t", 0, "CPU threads (0: all)")
+	return cmd
+}

@@ -1,0 +1,158 @@
+package finetune_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/prompttune"
+	"github.com/ggtune/ggtune/train"
+)
+
+// TestMethodsLowerHeldOutLoss trains every method on the same Shakespeare
+// data for the same number of steps and checks the held-out loss.
+func TestMethodsLowerHeldOutLoss(t *testing.T) {
+	tests := []struct {
+		method  finetune.Method
+		lr      float64
+		minDrop float64 // required drop of held-out loss
+	}{
+		{finetune.LoRA, 3e-3, 0.8},
+		{finetune.Full, 1e-3, 0.8},
+		{finetune.Head, 3e-3, 0.05},
+		{finetune.Prompt, 3e-2, 0.05},
+		{finetune.Prefix, 1e-2, 0.05},
+		{finetune.PTuning, 1e-3, 0.05},
+	}
+	for _, tc := range tests {
+		t.Run(string(tc.method), func(t *testing.T) {
+			j := baseJob(t, tc.method)
+			j.Train.Steps = 60
+			j.Train.Schedule.LR = tc.lr
+			j.Prompt = prompttune.Config{NumVirtual: 16, Init: prompttune.InitVocab}
+			before := fileHash(t, j.Model)
+			rep, err := finetune.Run(context.Background(), j)
+			require.NoError(t, err)
+			ev0, ev1 := rep.Result.EvalBefore, rep.Result.EvalAfter
+			t.Logf("RESULT %-8s held-out loss %.3f -> %.3f  ppl %.1f -> %.1f  acc %.3f -> %.3f  (%d trainable values)",
+				tc.method, ev0.Loss, ev1.Loss, ev0.Perplexity, ev1.Perplexity, ev0.Accuracy, ev1.Accuracy, rep.Params)
+			assert.Less(t, ev1.Loss, ev0.Loss-tc.minDrop)
+			assert.Equal(t, before, fileHash(t, j.Model), "the base file is unchanged")
+			if tc.method == finetune.Full || tc.method == finetune.Head {
+				// libllama loads the fine-tuned model.
+				m, err := binding.LoadModel(j.Output, binding.ModelParams{})
+				require.NoError(t, err)
+				m.Close()
+			}
+		})
+	}
+}
+
+// mappingTask writes a synthetic exact task: fixed prompts with arbitrary
+// one-word answers the base model cannot guess.
+func mappingTask(t *testing.T) (path string, pairs [][2]string) {
+	names := []string{"Tom", "Lily", "Ben", "Sue", "Max", "Anna", "Sam", "Mia"}
+	things := []string{"red", "blue", "green", "big", "small", "happy", "sad", "fast"}
+	rng := rand.New(rand.NewPCG(9, 9))
+	perm := rng.Perm(len(things))
+	path = filepath.Join(t.TempDir(), "task.jsonl")
+	var sb strings.Builder
+	for i, n := range names {
+		p := [2]string{fmt.Sprintf("The secret word of %s is", n), " " + things[perm[i]] + "."}
+		pairs = append(pairs, p)
+		line, _ := json.Marshal(map[string]string{"prompt": p[0], "completion": p[1]})
+		sb.Write(append(line, '\n'))
+	}
+	require.NoError(t, os.WriteFile(path, []byte(sb.String()), 0o644))
+	return path, pairs
+}
+
+// exactMatch greedily completes every prompt and counts completions whose
+// tokens equal the answer's.
+func exactMatch(t *testing.T, m *model.Model, hooks []model.Hook, pairs [][2]string) float64 {
+	tok, err := m.Tokenizer()
+	require.NoError(t, err)
+	hit := 0
+	for _, p := range pairs {
+		prompt, err := tok.Encode(p[0], true, false)
+		require.NoError(t, err)
+		full, err := tok.Encode(p[0]+p[1], true, false)
+		require.NoError(t, err)
+		want := full[len(prompt):]
+		s, err := m.NewSession(model.SessionOptions{NCtx: 64, Hooks: hooks})
+		require.NoError(t, err)
+		res, err := s.Generate(context.Background(), prompt, model.GenerateParams{MaxTokens: len(want), IgnoreEOS: true}, nil)
+		s.Close()
+		require.NoError(t, err)
+		if assert.ObjectsAreEqual(want, res.IDs) {
+			hit++
+		}
+	}
+	return float64(hit) / float64(len(pairs))
+}
+
+// TestSyntheticTaskExactMatch trains LoRA, prompt tuning and prefix tuning
+// on a fixed prompt -> answer mapping the base model scores 0% on.
+func TestSyntheticTaskExactMatch(t *testing.T) {
+	tests := []struct {
+		method finetune.Method
+		lr     float64
+		steps  int
+		want   float64
+	}{
+		{finetune.LoRA, 3e-3, 150, 0.95},
+		{finetune.Prompt, 3e-2, 300, 0.9},
+		{finetune.Prefix, 1e-2, 300, 0.9},
+	}
+	data, pairs := mappingTask(t)
+	base := fixture.Path(t, "models/stories260K.gguf")
+	m, err := model.Load(base, model.Options{Threads: 2})
+	require.NoError(t, err)
+	defer m.Close()
+	before := exactMatch(t, m, nil, pairs)
+	t.Logf("RESULT base exact match %.0f%%", 100*before)
+	assert.Less(t, before, 0.2)
+	for _, tc := range tests {
+		t.Run(string(tc.method), func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out.gguf")
+			cfg := lora.DefaultConfig()
+			cfg.Rank, cfg.Alpha = 8, 16
+			j := finetune.Job{Method: tc.method, Model: base, Data: data, Output: out, Context: 24, Batch: 8, Threads: 2, Seed: 1,
+				LoRA: cfg, Prompt: prompttune.Config{NumVirtual: 16, Init: prompttune.InitVocab},
+				Train: train.Config{Steps: tc.steps, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Constant, LR: tc.lr, Warmup: 5}}}
+			_, err := finetune.Run(context.Background(), j)
+			require.NoError(t, err)
+			var hook model.Hook
+			if tc.method == finetune.LoRA {
+				f, err := binding.OpenGGUF(base)
+				require.NoError(t, err)
+				defer f.Close()
+				a, err := lora.Load(out, f, m.Backend())
+				require.NoError(t, err)
+				defer a.Close()
+				hook = a.Hook(1)
+			} else {
+				p, err := prompttune.Load(out, prompttune.ShapeOf(m.Config()), m.Backend())
+				require.NoError(t, err)
+				defer p.Close()
+				hook = p.Hook()
+			}
+			got := exactMatch(t, m, []model.Hook{hook}, pairs)
+			t.Logf("RESULT %s exact match %.0f%% after %d steps", tc.method, 100*got, tc.steps)
+			assert.GreaterOrEqual(t, got, tc.want)
+		})
+	}
+}
