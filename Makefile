@@ -12,7 +12,7 @@ endif
 export CGO_CFLAGS   := -O3 $(ARCHFLAGS)
 export CGO_CXXFLAGS := -O3 $(ARCHFLAGS)
 
-TESTFLAGS ?= -count=1 -timeout 80m
+TESTFLAGS ?= -count=1 -p 1 -timeout 80m
 BACKEND_BUILD := build/backends
 
 .PHONY: all deps test bench demo cuda vulkan clean vet

@@ -8,15 +8,16 @@ package binding
 import "C"
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"unsafe"
+
+	"github.com/ggtune/ggtune/internal/atomicfile"
 )
 
 // GGUFTensorInfo describes one tensor stored in a GGUF file.
@@ -495,7 +496,7 @@ func (w *GGUFWriter) AddFloats(name string, typ Type, shape []int64, data []floa
 
 // ggufEncoder writes little-endian GGUF values.
 type ggufEncoder struct {
-	w   *bufio.Writer
+	w   io.Writer
 	n   int64
 	err error
 }
@@ -652,57 +653,36 @@ func (w *GGUFWriter) WriteFile(path string) error {
 	if w.closed {
 		return fmt.Errorf("write gguf %s: %w", path, ErrClosed)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write gguf %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	fail := func(err error) error {
-		tmp.Close()
-		os.Remove(tmpName)
-		return fmt.Errorf("write gguf %s: %w", path, err)
-	}
-	e := &ggufEncoder{w: bufio.NewWriterSize(tmp, 1<<20)}
-	e.bytes([]byte("GGUF"))
-	e.u32(ggufMaxVersion)
-	e.u64(uint64(len(w.tensors)))
-	e.u64(uint64(len(w.kvs)))
-	for _, kv := range w.kvs {
-		e.str(kv.Key)
-		e.value(kv.Value)
-	}
-	var offset int64
-	for _, t := range w.tensors {
-		e.str(t.name)
-		e.u32(uint32(len(t.ne)))
-		for _, d := range t.ne {
-			e.u64(uint64(d))
+	err := atomicfile.Write(path, func(out io.Writer) error {
+		e := &ggufEncoder{w: out}
+		e.bytes([]byte("GGUF"))
+		e.u32(ggufMaxVersion)
+		e.u64(uint64(len(w.tensors)))
+		e.u64(uint64(len(w.kvs)))
+		for _, kv := range w.kvs {
+			e.str(kv.Key)
+			e.value(kv.Value)
 		}
-		e.u32(uint32(t.typ))
-		e.u64(uint64(offset))
-		offset += (int64(len(t.data)) + w.alignment - 1) / w.alignment * w.alignment
-	}
-	e.pad(w.alignment)
-	for _, t := range w.tensors {
-		e.bytes(t.data)
+		var offset int64
+		for _, t := range w.tensors {
+			e.str(t.name)
+			e.u32(uint32(len(t.ne)))
+			for _, d := range t.ne {
+				e.u64(uint64(d))
+			}
+			e.u32(uint32(t.typ))
+			e.u64(uint64(offset))
+			offset += (int64(len(t.data)) + w.alignment - 1) / w.alignment * w.alignment
+		}
 		e.pad(w.alignment)
-	}
-	if e.err == nil {
-		e.err = e.w.Flush()
-	}
-	if e.err != nil {
-		return fail(e.err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmpName)
-		return fmt.Errorf("write gguf %s: %w", path, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		os.Remove(tmpName)
-		return fmt.Errorf("write gguf %s: %w", path, err)
+		for _, t := range w.tensors {
+			e.bytes(t.data)
+			e.pad(w.alignment)
+		}
+		return e.err
+	})
+	if err != nil {
+		return fmt.Errorf("write gguf: %w", err)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/prompttune"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -95,4 +96,43 @@ func TestLoRALowersShakespeareLoss(t *testing.T) {
 	}
 	t.Logf("max |logits(ggtune) - logits(libllama)| with the adapter: %.2e", maxDiff)
 	assert.LessOrEqual(t, maxDiff, 1e-3)
+}
+
+// TestContinueTraining starts a second run from the first run's adapter
+// and soft prompt: its first evaluation equals the first run's last.
+func TestContinueTraining(t *testing.T) {
+	for _, method := range []finetune.Method{finetune.LoRA, finetune.Prompt} {
+		t.Run(string(method), func(t *testing.T) {
+			j := baseJob(t, method)
+			j.Train.Steps = 10
+			j.Prompt = prompttune.Config{NumVirtual: 8, Init: prompttune.InitVocab}
+			if method == finetune.Prompt {
+				j.Train.Schedule.LR = 3e-2
+			}
+			first, err := finetune.Run(context.Background(), j)
+			require.NoError(t, err)
+			k := j
+			k.InitFrom = j.Output
+			k.Output = filepath.Join(t.TempDir(), "second.gguf")
+			second, err := finetune.Run(context.Background(), k)
+			require.NoError(t, err)
+			assert.InDelta(t, first.Result.EvalAfter.Loss, second.Result.EvalBefore.Loss, 1e-5)
+			assert.Less(t, second.Result.EvalAfter.Loss, second.Result.EvalBefore.Loss)
+		})
+	}
+}
+
+// TestWikiSQL trains LoRA on the WikiSQL JSONL (text records) as a format
+// test and reports the validation loss.
+func TestWikiSQL(t *testing.T) {
+	j := finetune.Job{Method: finetune.LoRA, Model: fixture.Path(t, "models/stories260K.gguf"),
+		Data: fixture.Path(t, "text/wikisql-train.jsonl"), Val: fixture.Path(t, "text/wikisql-valid.jsonl"),
+		Output: filepath.Join(t.TempDir(), "wikisql.gguf"), Context: 128, Batch: 4, Pack: true, Threads: 2, Seed: 1,
+		LoRA: lora.DefaultConfig(), MaxValBatches: 10,
+		Train: train.Config{Steps: 40, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, Warmup: 4}}}
+	rep, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+	t.Logf("RESULT wikisql validation loss %.3f -> %.3f (perplexity %.1f -> %.1f, %d training examples)",
+		rep.Result.EvalBefore.Loss, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Perplexity, rep.Result.EvalAfter.Perplexity, rep.Examples)
+	assert.Less(t, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Loss-0.5)
 }

@@ -71,6 +71,10 @@ type Job struct {
 	Prompt      prompttune.Config
 	// TrainLayers adds the last N transformer blocks to head-only training.
 	TrainLayers int
+	// InitFrom continues training an existing LoRA adapter or soft prompt
+	// (a GGUF written by ggtune) instead of a fresh one; its file's
+	// configuration replaces LoRA or Prompt.
+	InitFrom string
 	Train       train.Config
 }
 
@@ -271,7 +275,12 @@ func newMethod(j Job, m *model.Model) (*method, error) {
 		defer f.Close()
 		cfg := j.LoRA
 		cfg.Seed = j.Seed
-		a, err := lora.New(cfg, f, m.Backend())
+		var a *lora.Adapter
+		if j.InitFrom != "" {
+			a, err = lora.Load(j.InitFrom, f, m.Backend())
+		} else {
+			a, err = lora.New(cfg, f, m.Backend())
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -287,7 +296,17 @@ func newMethod(j Job, m *model.Model) (*method, error) {
 		cfg := j.Prompt
 		cfg.Method = map[Method]prompttune.Method{Prompt: prompttune.PromptTuning, Prefix: prompttune.PrefixTuning, PTuning: prompttune.PTuning}[j.Method]
 		cfg.Seed = j.Seed
-		p, err := prompttune.New(cfg, m, m.Backend())
+		var p *prompttune.Prompt
+		var err error
+		if j.InitFrom != "" {
+			p, err = prompttune.Load(j.InitFrom, prompttune.ShapeOf(m.Config()), m.Backend())
+			if err == nil && p.Config().Method != cfg.Method {
+				p.Close()
+				err = fmt.Errorf("%w: %s holds a %s prompt, the job trains %s", ErrJob, j.InitFrom, p.Config().Method, cfg.Method)
+			}
+		} else {
+			p, err = prompttune.New(cfg, m, m.Backend())
+		}
 		if err != nil {
 			return nil, err
 		}

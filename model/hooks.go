@@ -240,6 +240,12 @@ func (b *Builder) fillInputs() error {
 }
 
 func (b *Builder) project(layer int, p Proj, w, x *binding.Tensor) *binding.Tensor {
+	if b.Train && (w.Type() == binding.TypeF16 || w.Type() == binding.TypeBF16) {
+		// ggml's CPU backward of mul_mat needs OUT_PROD with the weight, which
+		// it lacks for F16 and BF16 (quantized types are supported): training
+		// graphs use a transient F32 copy of such frozen weights.
+		w = b.Ctx.Cast(w, binding.TypeF32)
+	}
 	y := b.Ctx.MulMat(w, x)
 	for _, h := range b.hooks {
 		if ph, ok := h.(ProjectionHook); ok {

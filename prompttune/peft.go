@@ -10,6 +10,7 @@ import (
 	"sort"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/internal/atomicfile"
 )
 
 // PEFT's file names in an adapter directory.
@@ -100,14 +101,14 @@ func (p *Prompt) ExportPEFT(dir string, baseModel string) error {
 	if err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(dir, PEFTWeightsFile), st); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(dir, PEFTWeightsFile), st); err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
 	js, err := json.MarshalIndent(pc, "", "  ")
 	if err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(dir, PEFTConfigFile), append(js, '\n')); err != nil {
+	if err := atomicfile.WriteBytes(filepath.Join(dir, PEFTConfigFile), append(js, '\n')); err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
 	return nil
@@ -272,25 +273,4 @@ func decodeSafetensors(b []byte) (map[string]stTensor, error) {
 		out[name] = stTensor{shape: h.Shape, data: vals}
 	}
 	return out, nil
-}
-
-func writeAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return nil
 }

@@ -3,10 +3,11 @@ package train
 import (
 	"fmt"
 	"image/color"
-	"os"
-	"path/filepath"
+	"io"
 
 	"gonum.org/v1/plot"
+
+	"github.com/ggtune/ggtune/internal/atomicfile"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 )
@@ -48,13 +49,15 @@ func PlotLoss(history []Metrics, path string) error {
 		p.Add(evalLine, evalDots)
 		p.Legend.Add("eval", evalLine, evalDots)
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp.png")
-	if err := p.Save(8*vg.Inch, 4*vg.Inch, tmp); err != nil {
+	wt, err := p.WriterTo(8*vg.Inch, 4*vg.Inch, "png")
+	if err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("plot %s: %w", path, err)
+	if err := atomicfile.Write(path, func(w io.Writer) error {
+		_, err := wt.WriteTo(w)
+		return err
+	}); err != nil {
+		return fmt.Errorf("plot: %w", err)
 	}
 	return nil
 }

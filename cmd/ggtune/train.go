@@ -85,9 +85,9 @@ func newTrainCmd() *cobra.Command {
 
 // trainOpts holds the flags of a `ggtune train METHOD` command.
 type trainOpts struct {
-	config, model, data, val, output string
-	valSplit                         float64
-	dryRun, asJSON                   bool
+	config, model, data, val, output, initFrom string
+	valSplit                                   float64
+	dryRun, asJSON                             bool
 
 	steps, ctx, batch, gradAccum   int
 	epochs                         float64
@@ -182,6 +182,12 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 		f.BoolVar(&o.rslora, "rslora", false, "rank-stabilised LoRA: scale by alpha/sqrt(r)")
 	case finetune.Head:
 		f.StringVar(&o.trainLayers, "train-layers", "last:0", "also train the last N transformer blocks: last:N (or N)")
+	}
+	switch mi.method {
+	case finetune.LoRA, finetune.Prompt, finetune.Prefix, finetune.PTuning:
+		f.StringVar(&o.initFrom, "init-from", "", "continue training this adapter or soft-prompt GGUF (its settings replace the method flags)")
+	}
+	switch mi.method {
 	case finetune.Prompt, finetune.Prefix, finetune.PTuning:
 		f.IntVar(&o.virtualTokens, "virtual-tokens", 20, "number of virtual tokens")
 		f.StringVar(&o.init, "init", mi.init, `virtual-token initialisation: random, vocab (embeddings of random tokens) or text:"..." (embeddings of a text)`)
@@ -317,7 +323,7 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 	}
 	j = finetune.Job{
 		Method: method, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
-		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches,
+		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
 		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate},
 		Train: train.Config{
 			Steps: steps, Epochs: o.epochs, GradAccum: o.gradAccum, Schedule: sched, Optimizer: opt,
