@@ -75,7 +75,7 @@ type Job struct {
 	// (a GGUF written by ggtune) instead of a fresh one; its file's
 	// configuration replaces LoRA or Prompt.
 	InitFrom string
-	Train       train.Config
+	Train    train.Config
 }
 
 // Report is the outcome of a job.
