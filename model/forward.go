@@ -41,9 +41,10 @@ type Forward struct {
 }
 
 // GraphSize returns a node capacity sufficient for a forward graph of the
-// model with a few hooks per projection (multiply by 4 or more for a
-// backward pass).
-func (m *Model) GraphSize() int { return 160*(m.cfg.NLayer+2) + 512 }
+// model with a few hooks per projection plus up to 8192 nodes of hook
+// sub-graphs such as prompt encoders (multiply by 4 or more for a backward
+// pass).
+func (m *Model) GraphSize() int { return 160*(m.cfg.NLayer+2) + 8704 }
 
 // BuildForward builds the full-sequence graph in ctx (a metadata-only
 // context, see binding.NewGraphContext) with the hook stack hooks.

@@ -61,11 +61,23 @@ type Config struct {
 	// EncoderHidden is the hidden size of P-tuning's MLP prompt encoder and
 	// of prefix tuning's reparameterisation (0: n_embd).
 	EncoderHidden int `yaml:"encoder_hidden" json:"encoder_hidden,omitempty"`
+	// Encoder is P-tuning's prompt encoder: "mlp" (the default) or "lstm"
+	// (PEFT's two-layer bidirectional LSTM followed by an MLP head).
+	Encoder string `yaml:"encoder" json:"encoder_reparameterization_type,omitempty"`
 	// Reparam enables prefix tuning's Embedding-Linear-Tanh-Linear
 	// reparameterisation (dropped at export).
 	Reparam bool   `yaml:"reparam" json:"prefix_projection,omitempty"`
 	Seed    uint64 `yaml:"seed" json:"seed"`
 }
+
+// P-tuning prompt encoders.
+const (
+	EncoderMLP  = "mlp"
+	EncoderLSTM = "lstm"
+)
+
+// lstmLayers is the depth of P-tuning's LSTM encoder (PEFT's default).
+const lstmLayers = 2
 
 // ErrConfig reports an invalid configuration.
 var ErrConfig = errors.New("invalid soft-prompt config")
@@ -88,6 +100,11 @@ func (c Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("%w: init %q (want random, vocab or text)", ErrConfig, c.Init)
+	}
+	switch c.Encoder {
+	case "", EncoderMLP, EncoderLSTM:
+	default:
+		return fmt.Errorf("%w: encoder %q (want mlp or lstm)", ErrConfig, c.Encoder)
 	}
 	if c.EncoderHidden < 0 {
 		return fmt.Errorf("%w: encoder hidden size %d", ErrConfig, c.EncoderHidden)

@@ -57,6 +57,9 @@ func (p *Prompt) SoftPrompt() ([]float32, error) {
 			return nil, err
 		}
 		d, h, n := p.shape.NEmbd, p.cfg.hidden(p.shape), p.cfg.NumVirtual
+		if p.cfg.Encoder == EncoderLSTM {
+			return lstmEncode(v, d, h, n), nil
+		}
 		relu := func(x []float32) []float32 {
 			for i := range x {
 				x[i] = float32(math.Max(float64(x[i]), 0))
@@ -68,6 +71,49 @@ func (p *Prompt) SoftPrompt() ([]float32, error) {
 		return linear(v[5], v[6], h, d, x, n), nil
 	}
 	return nil, fmt.Errorf("soft prompt: %s has no prompt embeddings", p.cfg.Method)
+}
+
+// lstmEncode evaluates P-tuning's LSTM encoder in Go: v holds the input
+// embeddings, then (w_ih, w_hh, bias) per layer and direction, then the
+// head's two linear layers.
+func lstmEncode(v [][]float32, d, h, n int) []float32 {
+	sig := func(x float32) float32 { return float32(1 / (1 + math.Exp(-float64(x)))) }
+	th := func(x float32) float32 { return float32(math.Tanh(float64(x))) }
+	x, in := v[0], d
+	next := 1
+	for l := 0; l < lstmLayers; l++ {
+		out := make([]float32, 2*h*n)
+		for dir := 0; dir < 2; dir++ {
+			wih, whh, bias := v[next], v[next+1], v[next+2]
+			next += 3
+			gx := linear(wih, bias, in, 4*h, x, n)
+			hp, cp := make([]float32, h), make([]float32, h)
+			zero := make([]float32, 4*h)
+			for k := 0; k < n; k++ {
+				t := k
+				if dir == 1 {
+					t = n - 1 - k
+				}
+				g := linear(whh, zero, h, 4*h, hp, 1)
+				for i := range g {
+					g[i] += gx[t*4*h+i]
+				}
+				hn, cn := make([]float32, h), make([]float32, h)
+				for j := 0; j < h; j++ {
+					cn[j] = sig(g[h+j])*cp[j] + sig(g[j])*th(g[2*h+j])
+					hn[j] = sig(g[3*h+j]) * th(cn[j])
+				}
+				hp, cp = hn, cn
+				copy(out[t*2*h+dir*h:], hn)
+			}
+		}
+		x, in = out, 2*h
+	}
+	y := linear(v[next], v[next+1], 2*h, 2*h, x, n)
+	for i := range y {
+		y[i] = float32(math.Max(float64(y[i]), 0))
+	}
+	return linear(v[next+2], v[next+3], 2*h, d, y, n)
 }
 
 // PrefixKV returns prefix tuning's keys and values of every layer, each
@@ -142,6 +188,7 @@ func (p *Prompt) Save(path string) error {
 		{Key: "adapter.prompt.head_dim_v", Value: uint32(s.HeadDimV)},
 		{Key: "adapter.prompt.encoder_hidden", Value: uint32(c.hidden(s))},
 		{Key: "adapter.prompt.reparam", Value: c.Reparam},
+		{Key: "adapter.prompt.encoder", Value: c.Encoder},
 		{Key: "adapter.prompt.seed", Value: c.Seed},
 	} {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
@@ -246,6 +293,7 @@ func Load(path string, s Shape, backend *binding.Backend) (*Prompt, error) {
 		cfg.Init = Init(v)
 	}
 	cfg.InitText, _ = f.String("adapter.prompt.init_text")
+	cfg.Encoder, _ = f.String("adapter.prompt.encoder")
 	if v, ok := f.Get("adapter.prompt.reparam"); ok {
 		cfg.Reparam, _ = v.(bool)
 	}

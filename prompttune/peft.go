@@ -34,6 +34,7 @@ type peftConfig struct {
 	PromptTuningInitText     string  `json:"prompt_tuning_init_text,omitempty"`
 	EncoderHiddenSize        int     `json:"encoder_hidden_size,omitempty"`
 	EncoderReparamType       string  `json:"encoder_reparameterization_type,omitempty"`
+	EncoderNumLayers         int     `json:"encoder_num_layers,omitempty"`
 	PrefixProjection         *bool   `json:"prefix_projection,omitempty"`
 	BaseModelNameOrPath      *string `json:"base_model_name_or_path"`
 }
@@ -70,6 +71,9 @@ func (p *Prompt) ExportPEFT(dir string, baseModel string) error {
 		} else {
 			pc.PEFTType = "P_TUNING"
 			pc.EncoderReparamType = "MLP"
+			if c.Encoder == EncoderLSTM {
+				pc.EncoderReparamType, pc.EncoderNumLayers = "LSTM", lstmLayers
+			}
 			pc.EncoderHiddenSize = c.hidden(s)
 		}
 	case PrefixTuning:

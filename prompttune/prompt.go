@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/model"
@@ -65,7 +66,7 @@ func alloc(cfg Config, s Shape, backend *binding.Backend) (*Prompt, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ctx, err := binding.NewGraphContext(2*s.NLayer+16, 1, false)
+	ctx, err := binding.NewGraphContext(2*s.NLayer+32, 1, false)
 	if err != nil {
 		return nil, fmt.Errorf("new soft prompt: %w", err)
 	}
@@ -79,6 +80,23 @@ func alloc(cfg Config, s Shape, backend *binding.Backend) (*Prompt, error) {
 	switch {
 	case cfg.Method == PromptTuning:
 		p.Embeddings = ctx.NewTensor(binding.TypeF32, d, n).SetName("prompt.embeddings")
+	case cfg.Method == PTuning && cfg.Encoder == EncoderLSTM:
+		p.Embeddings = ctx.NewTensor(binding.TypeF32, d, n).SetName("ptuning.embeddings")
+		for l := 0; l < lstmLayers; l++ {
+			in := d
+			if l > 0 {
+				in = 2 * h
+			}
+			for _, dir := range []string{"f", "b"} {
+				name := fmt.Sprintf("ptuning.lstm.%d%s", l, dir)
+				p.Encoder = append(p.Encoder,
+					ctx.NewTensor(binding.TypeF32, in, 4*h).SetName(name+".w_ih"),
+					ctx.NewTensor(binding.TypeF32, h, 4*h).SetName(name+".w_hh"),
+					ctx.NewTensor(binding.TypeF32, 4*h).SetName(name+".bias"))
+			}
+		}
+		linear("ptuning.head.0", 2*h, 2*h)
+		linear("ptuning.head.2", 2*h, d)
 	case cfg.Method == PTuning:
 		p.Embeddings = ctx.NewTensor(binding.TypeF32, d, n).SetName("ptuning.embeddings")
 		linear("ptuning.mlp.0", d, h)
@@ -223,18 +241,22 @@ func (p *Prompt) init(m *model.Model) error {
 			return err
 		}
 	}
-	// Linear layers: PyTorch's default U(-1/√in, 1/√in) for weights and biases.
-	for i := 0; i+1 < len(p.Encoder); i += 2 {
-		w, b := p.Encoder[i], p.Encoder[i+1]
-		bound := 1 / math.Sqrt(float64(w.Dim(0)))
-		for _, t := range []*binding.Tensor{w, b} {
-			v := make([]float32, t.Elements())
-			for j := range v {
-				v[j] = float32((rng.Float64()*2 - 1) * bound)
-			}
-			if err := t.SetFloats(v); err != nil {
-				return err
-			}
+	// PyTorch's defaults: U(-1/√in, 1/√in) for linear layers (by their
+	// input size) and U(-1/√h, 1/√h) for every LSTM tensor.
+	bound := 0.0
+	for _, t := range p.Encoder {
+		switch {
+		case strings.Contains(t.Name(), ".lstm."):
+			bound = 1 / math.Sqrt(float64(p.cfg.hidden(p.shape)))
+		case t.Dim(1) > 1: // a linear weight; its bias follows with the same bound
+			bound = 1 / math.Sqrt(float64(t.Dim(0)))
+		}
+		v := make([]float32, t.Elements())
+		for j := range v {
+			v[j] = float32((rng.Float64()*2 - 1) * bound)
+		}
+		if err := t.SetFloats(v); err != nil {
+			return err
 		}
 	}
 	for l := range p.Keys {

@@ -39,9 +39,14 @@ func maxDiff(a, b []float32) float64 {
 // libllama as an embeddings batch followed by the text tokens.
 func TestPromptTuningMatchesLlamaEmbeddings(t *testing.T) {
 	m := loadModel(t)
-	for _, method := range []prompttune.Method{prompttune.PromptTuning, prompttune.PTuning} {
-		t.Run(string(method), func(t *testing.T) {
-			p, err := prompttune.New(prompttune.Config{Method: method, NumVirtual: 5, Init: prompttune.InitVocab, Seed: 3}, m, m.Backend())
+	for _, cfg := range []prompttune.Config{
+		{Method: prompttune.PromptTuning},
+		{Method: prompttune.PTuning},
+		{Method: prompttune.PTuning, Encoder: prompttune.EncoderLSTM, EncoderHidden: 24},
+	} {
+		t.Run(string(cfg.Method)+"-"+cfg.Encoder, func(t *testing.T) {
+			cfg.NumVirtual, cfg.Init, cfg.Seed = 5, prompttune.InitVocab, 3
+			p, err := prompttune.New(cfg, m, m.Backend())
 			require.NoError(t, err)
 			defer p.Close()
 			ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{p.Hook()})
@@ -115,15 +120,18 @@ func gradCheck(t *testing.T, m *model.Model, p *prompttune.Prompt) {
 	for i, q := range params {
 		for _, k := range []int{0, len(saved[i]) / 3, len(saved[i]) - 1} {
 			w := append([]float32(nil), saved[i]...)
-			const h = 1e-2
-			w[k] = saved[i][k] + h
-			require.NoError(t, q.SetFloats(w))
-			lp := loss()
-			w[k] = saved[i][k] - h
-			require.NoError(t, q.SetFloats(w))
-			lm := loss()
-			require.NoError(t, q.SetFloats(saved[i]))
-			fd := (lp - lm) / (2 * h)
+			central := func(h float32) float64 {
+				w[k] = saved[i][k] + h
+				require.NoError(t, q.SetFloats(w))
+				lp := loss()
+				w[k] = saved[i][k] - h
+				require.NoError(t, q.SetFloats(w))
+				lm := loss()
+				require.NoError(t, q.SetFloats(saved[i]))
+				return (lp - lm) / (2 * float64(h))
+			}
+			// Richardson extrapolation cancels the h² error of central differences.
+			fd := (4*central(1e-2) - central(2e-2)) / 3
 			assert.InDelta(t, fd, float64(grads[i][k]), 2e-3+2e-2*math.Abs(fd), "%s[%d]", q.Name(), k)
 		}
 	}
@@ -134,10 +142,11 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 	for _, cfg := range []prompttune.Config{
 		{Method: prompttune.PromptTuning, NumVirtual: 3, Init: prompttune.InitRandom},
 		{Method: prompttune.PTuning, NumVirtual: 3, EncoderHidden: 16},
+		{Method: prompttune.PTuning, NumVirtual: 3, EncoderHidden: 8, Encoder: prompttune.EncoderLSTM},
 		{Method: prompttune.PrefixTuning, NumVirtual: 3},
 		{Method: prompttune.PrefixTuning, NumVirtual: 3, Reparam: true, EncoderHidden: 16},
 	} {
-		name := string(cfg.Method)
+		name := string(cfg.Method) + "-" + cfg.Encoder
 		if cfg.Reparam {
 			name += "-reparam"
 		}
@@ -156,6 +165,7 @@ func TestSaveLoadAndPEFTRoundTrip(t *testing.T) {
 	for _, cfg := range []prompttune.Config{
 		{Method: prompttune.PromptTuning, NumVirtual: 4, Init: prompttune.InitText, InitText: "Once upon a time"},
 		{Method: prompttune.PTuning, NumVirtual: 4, EncoderHidden: 32},
+		{Method: prompttune.PTuning, NumVirtual: 4, EncoderHidden: 16, Encoder: prompttune.EncoderLSTM},
 		{Method: prompttune.PrefixTuning, NumVirtual: 4},
 		{Method: prompttune.PrefixTuning, NumVirtual: 4, Reparam: true, EncoderHidden: 32},
 	} {

@@ -85,9 +85,9 @@ func newTrainCmd() *cobra.Command {
 
 // trainOpts holds the flags of a `ggtune train METHOD` command.
 type trainOpts struct {
-	config, model, data, val, output, initFrom string
-	valSplit                                   float64
-	dryRun, asJSON                             bool
+	config, model, data, val, output, initFrom, encoder string
+	valSplit                                            float64
+	dryRun, asJSON                                      bool
 
 	steps, ctx, batch, gradAccum   int
 	epochs                         float64
@@ -193,6 +193,9 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 		f.StringVar(&o.init, "init", mi.init, `virtual-token initialisation: random, vocab (embeddings of random tokens) or text:"..." (embeddings of a text)`)
 		if mi.method != finetune.Prompt {
 			f.IntVar(&o.encoderHidden, "encoder-hidden", 0, "hidden size of the prompt encoder / reparameterisation MLP (0: n_embd)")
+		}
+		if mi.method == finetune.PTuning {
+			f.StringVar(&o.encoder, "encoder", "mlp", "prompt encoder: mlp (Linear-ReLU-Linear-ReLU-Linear) or lstm (2-layer bidirectional LSTM + MLP head)")
 		}
 		if mi.method == finetune.Prefix {
 			f.BoolVar(&o.reparam, "reparam", false, "reparameterise the prefix with an MLP during training (dropped in the saved file)")
@@ -435,7 +438,7 @@ func promptConfig(method finetune.Method, o *trainOpts) (prompttune.Config, erro
 	if err != nil {
 		return prompttune.Config{}, err
 	}
-	c := prompttune.Config{Method: pm, NumVirtual: o.virtualTokens, EncoderHidden: o.encoderHidden, Reparam: o.reparam}
+	c := prompttune.Config{Method: pm, NumVirtual: o.virtualTokens, EncoderHidden: o.encoderHidden, Reparam: o.reparam, Encoder: o.encoder}
 	switch init := strings.TrimSpace(o.init); {
 	case strings.HasPrefix(init, "text:"), strings.HasPrefix(init, "text="):
 		c.Init, c.InitText = prompttune.InitText, unquote(init[len("text:"):])
