@@ -21,11 +21,17 @@ type graphBuilder struct {
 	seed  uint64
 }
 
-type forward struct{ f *model.Forward }
+type forward struct {
+	f    *model.Forward
+	seed uint64
+}
 
 func (f forward) Logits() *binding.Tensor { return f.f.Logits }
 
 func (f forward) SetBatch(tokens, segments []int32) error { return f.f.SetBatch(tokens, segments) }
+
+// Reseed implements train.Reseeder: dropout masks follow the step.
+func (f forward) Reseed(seed uint64) { f.f.Builder.Reseed(f.seed ^ seed*0x9e3779b97f4a7c15) }
 
 // BuildForward implements train.Builder.
 func (g *graphBuilder) BuildForward(ctx *binding.Context, b, t int, training bool) (train.Forward, error) {
@@ -33,7 +39,7 @@ func (g *graphBuilder) BuildForward(ctx *binding.Context, b, t int, training boo
 	if err != nil {
 		return nil, err
 	}
-	return forward{f}, nil
+	return forward{f: f, seed: g.seed}, nil
 }
 
 // VocabSize implements train.Builder.

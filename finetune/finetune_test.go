@@ -136,3 +136,40 @@ func TestWikiSQL(t *testing.T) {
 		rep.Result.EvalBefore.Loss, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Perplexity, rep.Result.EvalAfter.Perplexity, rep.Examples)
 	assert.Less(t, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Loss-0.5)
 }
+
+// TestResumeWithDropout interrupts a LoRA run with dropout and resumes it
+// from the checkpoint: the loss curve equals the uninterrupted run's.
+func TestResumeWithDropout(t *testing.T) {
+	j := baseJob(t, finetune.LoRA)
+	j.LoRA.Dropout = 0.1
+	j.Train.Steps = 6
+	j.Train.GradAccum = 2
+	j.Val, j.ValSplit = "", 0
+	full, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+
+	k := j
+	k.Output = filepath.Join(t.TempDir(), "resumed.gguf")
+	ctx, cancel := context.WithCancel(context.Background())
+	k.Train.OnMetrics = func(m train.Metrics) {
+		if m.Step == 3 {
+			cancel()
+		}
+	}
+	part, err := finetune.Run(ctx, k)
+	require.ErrorIs(t, err, train.ErrInterrupted)
+	k.Train.OnMetrics, k.Train.Resume = nil, true
+	rest, err := finetune.Run(context.Background(), k)
+	require.NoError(t, err)
+	var want, got []float64
+	for _, m := range full.Result.History {
+		want = append(want, m.Loss)
+	}
+	for _, m := range append(part.Result.History, rest.Result.History...) {
+		got = append(got, m.Loss)
+	}
+	require.Len(t, got, len(want))
+	for i := range want {
+		assert.InDelta(t, want[i], got[i], 1e-6, "step %d", i+1)
+	}
+}

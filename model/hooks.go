@@ -229,6 +229,11 @@ func (b *Builder) Dropout(x *binding.Tensor, p float32) *binding.Tensor {
 	return b.Ctx.Mul(x, mask)
 }
 
+// Reseed restarts the graph's random generator (dropout masks) from seed,
+// so that a computation's masks depend only on seed: a trainer reseeds with
+// its step to make resumed runs draw the same masks.
+func (b *Builder) Reseed(seed uint64) { b.rng = rand.New(rand.NewPCG(seed, 0x67677475)) }
+
 // fillInputs writes every registered input.
 func (b *Builder) fillInputs() error {
 	for _, in := range b.inputs {

@@ -26,6 +26,14 @@ type Forward interface {
 	SetBatch(tokens, segments []int32) error
 }
 
+// Reseeder is implemented by forwards with random inputs (dropout masks):
+// the engine reseeds them before every training computation with a value
+// derived from the optimizer step and micro batch, so that a run resumed
+// from a checkpoint draws the same masks as an uninterrupted one.
+type Reseeder interface {
+	Reseed(seed uint64)
+}
+
 // Builder builds forward graphs of the model being trained.
 type Builder interface {
 	// BuildForward adds the forward pass for a B×T batch to ctx. train
@@ -410,6 +418,9 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 func (e *Engine) Accumulate(batch Batch) (float64, error) {
 	if e.trainGraph == nil {
 		return 0, fmt.Errorf("train step: %w", ErrEvalOnly)
+	}
+	if r, ok := e.trainFwd.(Reseeder); ok {
+		r.Reseed(uint64(e.step)<<20 | uint64(e.accumulated))
 	}
 	if _, err := e.setLossInputs(e.trainIn, e.trainFwd, batch); err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
