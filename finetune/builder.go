@@ -26,8 +26,10 @@ type forward struct {
 	seed uint64
 }
 
+// Logits implements train.Forward.
 func (f forward) Logits() *binding.Tensor { return f.f.Logits }
 
+// SetBatch implements train.Forward.
 func (f forward) SetBatch(tokens, segments []int32) error { return f.f.SetBatch(tokens, segments) }
 
 // Reseed implements train.Reseeder: dropout masks follow the step.
@@ -66,6 +68,7 @@ type loaderSource struct {
 	examples int // examples in one epoch
 }
 
+// Next implements train.Source.
 func (s *loaderSource) Next() (train.Batch, error) {
 	b, err := s.l.Next()
 	if err != nil {
@@ -74,17 +77,21 @@ func (s *loaderSource) Next() (train.Batch, error) {
 	return toTrainBatch(b), nil
 }
 
+// Position implements train.Source.
 func (s *loaderSource) Position() train.Position {
 	p := s.l.Position()
 	return train.Position{Epoch: p.Epoch, Index: p.Index}
 }
 
+// Seek implements train.Source.
 func (s *loaderSource) Seek(p train.Position) error {
 	return s.l.Seek(data.Position{Epoch: p.Epoch, Index: p.Index})
 }
 
+// BatchesPerEpoch implements train.Source.
 func (s *loaderSource) BatchesPerEpoch() int { return s.perEpoch }
 
+// Epoch implements train.Source.
 func (s *loaderSource) Epoch() float64 {
 	p := s.l.Position()
 	return float64(p.Epoch) + float64(p.Index)/float64(max(s.examples, 1))
@@ -93,6 +100,7 @@ func (s *loaderSource) Epoch() float64 {
 // tokenizer adapts the model's tokenizer to data.Tokenizer.
 type tokenizer struct{ t *model.Tokenizer }
 
+// Tokenize implements data.Tokenizer (as do the methods below).
 func (t tokenizer) Tokenize(text string, addSpecial, parseSpecial bool) ([]int32, error) {
 	return t.t.Encode(text, addSpecial, parseSpecial)
 }
