@@ -1,7 +1,6 @@
 // ggtune's own C helpers (not part of ggml).
 #pragma once
 
-#include <stddef.h>
 #include <stdint.h>
 
 #include "ggml.h"
@@ -9,12 +8,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// ggtune_sqnorm_f32 returns the sum of squares of n floats, accumulated in double.
-double ggtune_sqnorm_f32(const float * x, int64_t n);
-
-// ggtune_scale_f32 multiplies n floats by s in place.
-void ggtune_scale_f32(float * x, int64_t n, float s);
 
 // ggtune_call_to_float calls a ggml to_float type trait (cgo cannot call C
 // function pointers directly).

@@ -44,6 +44,9 @@ func (g *graphBuilder) BuildForward(ctx *binding.Context, b, t int, training boo
 	return forward{f: f, seed: g.seed}, nil
 }
 
+// GraphSize implements train.GraphSizer.
+func (g *graphBuilder) GraphSize() int { return g.m.GraphSize() }
+
 // VocabSize implements train.Builder.
 func (g *graphBuilder) VocabSize() int { return g.m.Config().NVocab }
 

@@ -34,6 +34,13 @@ type Reseeder interface {
 	Reseed(seed uint64)
 }
 
+// GraphSizer is implemented by builders that know how many nodes their
+// forward graph needs; the engine then sizes its training graph (forward
+// and backward) from it instead of a fixed default.
+type GraphSizer interface {
+	GraphSize() int
+}
+
 // Builder builds forward graphs of the model being trained.
 type Builder interface {
 	// BuildForward adds the forward pass for a B×T batch to ctx. train
@@ -147,7 +154,20 @@ type lossInputs struct {
 	loss   *binding.Tensor
 }
 
-const graphSize = 1 << 16
+// defaultGraphSize is the node capacity of the forward graph when the
+// builder does not say (see GraphSizer).
+const defaultGraphSize = 1 << 14
+
+// graphSizes returns the node capacities of the evaluation graph and of the
+// training graph (forward, loss, backward: about five times as many).
+func graphSizes(builder Builder) (eval, training int) {
+	n := defaultGraphSize
+	if gs, ok := builder.(GraphSizer); ok && gs.GraphSize() > 0 {
+		n = gs.GraphSize()
+	}
+	n += 64 // the loss
+	return n, 6 * n
+}
 
 // NewEngine builds the training, evaluation and optimizer graphs for b×t
 // batches of the model described by builder, training params.
@@ -232,7 +252,8 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward) lossInputs {
 }
 
 func (e *Engine) buildTrain(builder Builder) error {
-	ctx, err := binding.NewGraphContext(graphSize, graphSize, true)
+	_, size := graphSizes(builder)
+	ctx, err := binding.NewGraphContext(size, size, true)
 	if err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
@@ -247,7 +268,7 @@ func (e *Engine) buildTrain(builder Builder) error {
 	if err := e.trainIn.loss.SetLoss(); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	if e.trainGraph, err = ctx.NewGraph(graphSize, true); err != nil {
+	if e.trainGraph, err = ctx.NewGraph(size, true); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
 	if err := e.trainGraph.BuildForward(e.trainIn.loss); err != nil {
@@ -270,7 +291,8 @@ func (e *Engine) buildTrain(builder Builder) error {
 }
 
 func (e *Engine) buildEval(builder Builder) error {
-	ctx, err := binding.NewGraphContext(graphSize, graphSize, false)
+	size, _ := graphSizes(builder)
+	ctx, err := binding.NewGraphContext(size, size, false)
 	if err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
@@ -283,7 +305,7 @@ func (e *Engine) buildEval(builder Builder) error {
 		return fmt.Errorf("new engine: evaluation loss: %w", ctx.Err())
 	}
 	e.evalFwd.Logits().SetOutput()
-	if e.evalGraph, err = ctx.NewGraph(graphSize, false); err != nil {
+	if e.evalGraph, err = ctx.NewGraph(size, false); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
 	if err := e.evalGraph.BuildForward(e.evalIn.loss); err != nil {
