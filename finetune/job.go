@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/ggtune/ggtune/binding"
@@ -351,8 +350,8 @@ func SaveModel(m *model.Model, base, path string) error {
 		}
 		patches[t.Name()] = ggufpatch.Patch{Values: v, Type: binding.TypeF32}
 	}
-	if _, err := os.Stat(base); err != nil {
+	if err := ggufpatch.Write(base, path, patches, nil); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
-	return ggufpatch.Write(base, path, patches, nil)
+	return nil
 }

@@ -132,7 +132,7 @@ type Engine struct {
 	optAlloc *binding.Allocator
 	adamPar  *binding.Tensor
 	optIn    [2]*binding.Tensor // max norm, 1/accumulated micro batches
-	normSq   *binding.Tensor
+	gradNorm *binding.Tensor    // global gradient norm before clipping
 	epsConst *binding.Tensor
 
 	step        int
@@ -348,9 +348,9 @@ func (e *Engine) buildOpt() error {
 	norm := ctx.Mul(ctx.Sqrt(normSq), invAcc)
 	clip := ctx.Clamp(ctx.Div(maxNorm, ctx.Add1(norm, e.epsTensor(ctx))), 0, 1)
 	factor := ctx.Mul(clip, invAcc)
-	e.normSq = ctx.Scale(norm, 1)
-	if e.normSq != nil {
-		e.normSq.SetName("grad_norm").SetOutput()
+	e.gradNorm = ctx.Scale(norm, 1)
+	if e.gradNorm != nil {
+		e.gradNorm.SetName("grad_norm").SetOutput()
 	}
 	if e.optGraph, err = ctx.NewGraph(12*n+32, false); err != nil {
 		return fmt.Errorf("new engine: %w", err)
@@ -362,7 +362,7 @@ func (e *Engine) buildOpt() error {
 			return fmt.Errorf("new engine: optimizer graph: %w", err)
 		}
 	}
-	if err := e.optGraph.BuildForward(e.normSq); err != nil {
+	if err := e.optGraph.BuildForward(e.gradNorm); err != nil {
 		return fmt.Errorf("new engine: optimizer graph: %w", err)
 	}
 	if e.optAlloc, err = e.backend.NewAllocator(); err != nil {
@@ -491,7 +491,7 @@ func (e *Engine) Step(lr float64) (float64, error) {
 	if err := e.backend.Compute(e.optGraph); err != nil {
 		return 0, fmt.Errorf("optimizer step: %w", err)
 	}
-	norm, err := e.normSq.Floats()
+	norm, err := e.gradNorm.Floats()
 	if err != nil {
 		return 0, fmt.Errorf("optimizer step: %w", err)
 	}

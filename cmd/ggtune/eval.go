@@ -8,7 +8,6 @@ import (
 
 	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/finetune"
-	"github.com/ggtune/ggtune/model"
 )
 
 func init() { register(newEvalCmd) }
@@ -52,16 +51,11 @@ func newEvalCmd() *cobra.Command {
 		o.Pack = !noPack
 		o.DataOptions = data.Options{Format: f, Stride: stride, MaskOverlap: stride > 0, TrainOnPrompt: trainOnPrompt,
 			SkipBad: skipBad, ChatTemplate: chatTemplate}
-		m, err := model.Load(path, model.Options{Threads: threads})
+		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)
 		if err != nil {
 			return err
 		}
-		defer m.Close()
-		hooks, cleanup, err := hooksFromFlags(m)
-		if err != nil {
-			return err
-		}
-		defer cleanup()
+		defer closeAll()
 		ev, err := finetune.Evaluate(m, hooks, dataPath, o)
 		if err != nil {
 			return err

@@ -25,6 +25,21 @@ var hookFlagFuncs []hookFlagFunc
 
 func registerHookFlags(f hookFlagFunc) { hookFlagFuncs = append(hookFlagFuncs, f) }
 
+// loadWithHooks loads the model at path and builds the hook stack of the
+// command's flags; closeAll frees the hooks, then the model.
+func loadWithHooks(path string, threads int, hooksFromFlags func(*model.Model) ([]model.Hook, func(), error)) (m *model.Model, hooks []model.Hook, closeAll func(), err error) {
+	m, err = model.Load(path, model.Options{Threads: threads})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hooks, cleanup, err := hooksFromFlags(m)
+	if err != nil {
+		m.Close()
+		return nil, nil, nil, err
+	}
+	return m, hooks, func() { cleanup(); m.Close() }, nil
+}
+
 // addHookFlags adds the registered hook flags to cmd and returns a function
 // that builds the combined hook stack.
 func addHookFlags(cmd *cobra.Command) func(m *model.Model) ([]model.Hook, func(), error) {
@@ -89,16 +104,11 @@ func newGenerateCmd() *cobra.Command {
 			p.Seed = uint64(seed)
 		}
 		start := time.Now()
-		m, err := model.Load(path, model.Options{Threads: threads})
+		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)
 		if err != nil {
 			return err
 		}
-		defer m.Close()
-		hooks, cleanup, err := hooksFromFlags(m)
-		if err != nil {
-			return err
-		}
-		defer cleanup()
+		defer closeAll()
 		p.Hooks = hooks
 		ids, err := m.PromptIDs(prompt, p)
 		if err != nil {
