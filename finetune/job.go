@@ -171,7 +171,7 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	eng, err := train.NewEngine(GraphBuilder(m, meth.hooks, j.Seed), meth.params, m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
+	eng, err := train.NewEngine(GraphBuilder(m, meth.hooks, j.Seed), train.Groups(meth.params...), m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
 	if err != nil {
 		return nil, err
 	}

@@ -84,7 +84,7 @@ func gradCheck(t *testing.T, m *model.Model, p *prompttune.Prompt) {
 	params, err := p.Params()
 	require.NoError(t, err)
 	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30}
-	e, err := train.NewEngine(finetune.GraphBuilder(m, []model.Hook{p.Hook()}, 1), params, m.Backend(), 2, 6, opt)
+	e, err := train.NewEngine(finetune.GraphBuilder(m, []model.Hook{p.Hook()}, 1), train.Groups(params...), m.Backend(), 2, 6, opt)
 	require.NoError(t, err)
 	defer e.Close()
 	rng := rand.New(rand.NewPCG(4, 5))

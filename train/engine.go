@@ -100,13 +100,48 @@ func DefaultAdamW() AdamW {
 // ErrNoLossTokens reports a batch without any position to learn from.
 var ErrNoLossTokens = errors.New("batch has no loss tokens")
 
+// ErrDiverged reports a non-finite loss, gradient norm or parameter: the
+// run has diverged and its parameters must not be saved as a result.
+var ErrDiverged = errors.New("training diverged")
+
+// Group is a set of trainable tensors that share optimizer settings
+// (PyTorch's parameter groups): LoRA+ gives B a larger learning rate, and
+// norms, biases and DoRA magnitudes usually take no weight decay.
+type Group struct {
+	Name   string
+	Params []*binding.Tensor
+	// LRScale multiplies the scheduled learning rate; 0 means 1.
+	LRScale float64
+	// WeightDecay overrides AdamW.WeightDecay for this group when not nil.
+	WeightDecay *float64
+}
+
+// Groups wraps tensors in a single group with the optimizer's settings.
+func Groups(params ...*binding.Tensor) []Group { return []Group{{Name: "all", Params: params}} }
+
+// StepStats describes one optimizer step.
+type StepStats struct {
+	// Loss is the mean loss over all loss tokens of the step's micro batches.
+	Loss float64
+	// LossTokens is the number of positions that carried loss.
+	LossTokens int
+	// GradNorm is the global gradient norm before clipping.
+	GradNorm float64
+}
+
 // Engine computes losses, gradients and optimizer steps for fixed-shape
 // batches. It owns its graphs, optimizer state and compute memory; the
 // trainable tensors stay owned by the caller. Not safe for concurrent use.
+//
+// Gradients accumulate as sums over loss tokens: a step's gradient is that
+// of the mean loss over every loss token of all its micro batches, however
+// unevenly the tokens are spread over them.
 type Engine struct {
 	b, t, vocab int
 	backend     *binding.Backend
+	groups      []Group
 	params      []*binding.Tensor
+	groupOf     []int // group index of each parameter
 	opt         AdamW
 
 	state    *binding.Context // grad accumulators, moments, loss seed
@@ -127,16 +162,22 @@ type Engine struct {
 	evalFwd   Forward
 	evalIn    lossInputs
 
+	normCtx   *binding.Context
+	normGraph *binding.Graph
+	normAlloc *binding.Allocator
+	normSq    *binding.Tensor // Σ‖acc‖²
+
 	optCtx   *binding.Context
 	optGraph *binding.Graph
 	optAlloc *binding.Allocator
-	adamPar  *binding.Tensor
-	optIn    [2]*binding.Tensor // max norm, 1/accumulated micro batches
-	gradNorm *binding.Tensor    // global gradient norm before clipping
-	epsConst *binding.Tensor
+	adamPars []*binding.Tensor // one per group
+	factor   *binding.Tensor   // clip / loss tokens
+	paramSq  []*binding.Tensor // ‖p‖² after the update, per parameter
 
 	step        int
-	accumulated int
+	accumulated int     // micro batches since the last step
+	lossSum     float64 // summed loss since the last step
+	lossTokens  int     // loss tokens since the last step
 }
 
 // lossInputs are the graph tensors of the masked cross-entropy loss.
@@ -149,8 +190,8 @@ type Engine struct {
 type lossInputs struct {
 	labels *binding.Tensor // one-hot targets [vocab, B*T], uniform where ignored
 	mask   *binding.Tensor // 1 where a target exists, else 0: [1, B*T]
-	factor *binding.Tensor // B*T / loss tokens
-	offset *binding.Tensor // -ignored·log(vocab) / loss tokens
+	factor *binding.Tensor // B*T: ggml's loss is a mean over positions
+	offset *binding.Tensor // -ignored·log(vocab)
 	loss   *binding.Tensor
 }
 
@@ -170,15 +211,32 @@ func graphSizes(builder Builder) (eval, training int) {
 }
 
 // NewEngine builds the training, evaluation and optimizer graphs for b×t
-// batches of the model described by builder, training params.
-func NewEngine(builder Builder, params []*binding.Tensor, backend *binding.Backend, b, t int, opt AdamW) (*Engine, error) {
-	if len(params) == 0 {
-		return nil, fmt.Errorf("new engine: no trainable parameters")
-	}
+// batches of the model described by builder, training the tensors of groups.
+func NewEngine(builder Builder, groups []Group, backend *binding.Backend, b, t int, opt AdamW) (*Engine, error) {
 	if b <= 0 || t <= 0 {
 		return nil, fmt.Errorf("new engine: batch %dx%d", b, t)
 	}
-	e := &Engine{b: b, t: t, vocab: builder.VocabSize(), backend: backend, params: params, opt: opt}
+	e := &Engine{b: b, t: t, vocab: builder.VocabSize(), backend: backend, groups: groups, opt: opt}
+	seen := map[*binding.Tensor]bool{}
+	for gi, g := range groups {
+		if g.LRScale < 0 || math.IsNaN(g.LRScale) || math.IsInf(g.LRScale, 0) {
+			return nil, fmt.Errorf("new engine: group %q: learning-rate scale %v", g.Name, g.LRScale)
+		}
+		if g.WeightDecay != nil && (*g.WeightDecay < 0 || math.IsNaN(*g.WeightDecay)) {
+			return nil, fmt.Errorf("new engine: group %q: weight decay %v", g.Name, *g.WeightDecay)
+		}
+		for _, p := range g.Params {
+			if p == nil || seen[p] {
+				return nil, fmt.Errorf("new engine: group %q: a parameter is nil or in two groups", g.Name)
+			}
+			seen[p] = true
+			e.params = append(e.params, p)
+			e.groupOf = append(e.groupOf, gi)
+		}
+	}
+	if len(e.params) == 0 {
+		return nil, fmt.Errorf("new engine: no trainable parameters")
+	}
 	if err := e.initState(); err != nil {
 		e.Close()
 		return nil, err
@@ -320,50 +378,66 @@ func (e *Engine) buildEval(builder Builder) error {
 	return nil
 }
 
-// buildOpt builds the optimizer graph: the global gradient norm, the
-// clipping factor min(1, max/‖g‖) times 1/micro-batches, and one AdamW
-// step per parameter on the scaled accumulated gradient.
+// buildOpt builds the optimizer graphs: one for the global gradient norm,
+// and one that scales every accumulated gradient by a factor (the clipping
+// factor over the step's loss tokens), applies AdamW with the parameter's
+// group settings, and measures every updated parameter.
 func (e *Engine) buildOpt() error {
 	n := len(e.params)
-	ctx, err := binding.NewGraphContext(12*n+32, 12*n+32, false)
+	ctx, err := binding.NewGraphContext(4*n+8, 4*n+8, false)
 	if err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	e.optCtx = ctx
-	e.adamPar = ctx.NewTensor(binding.TypeF32, 7).SetName("adamw_params").SetInput()
-	maxNorm := ctx.NewTensor(binding.TypeF32, 1).SetName("max_norm").SetInput()
-	invAcc := ctx.NewTensor(binding.TypeF32, 1).SetName("inv_accumulated").SetInput()
-	e.optIn = [2]*binding.Tensor{maxNorm, invAcc}
-	var normSq *binding.Tensor
+	e.normCtx = ctx
 	for _, acc := range e.accs {
 		s := ctx.Sum(ctx.Sqr(acc))
-		if normSq == nil {
-			normSq = s
+		if e.normSq == nil {
+			e.normSq = s
 		} else {
-			normSq = ctx.Add(normSq, s)
+			e.normSq = ctx.Add(e.normSq, s)
 		}
 	}
-	// The accumulators hold sums over micro batches: the mean gradient is
-	// acc·invAcc, whose norm is ‖acc‖·invAcc.
-	norm := ctx.Mul(ctx.Sqrt(normSq), invAcc)
-	clip := ctx.Clamp(ctx.Div(maxNorm, ctx.Add1(norm, e.epsTensor(ctx))), 0, 1)
-	factor := ctx.Mul(clip, invAcc)
-	e.gradNorm = ctx.Scale(norm, 1)
-	if e.gradNorm != nil {
-		e.gradNorm.SetName("grad_norm").SetOutput()
+	if ctx.Err() != nil {
+		return fmt.Errorf("new engine: gradient norm: %w", ctx.Err())
 	}
-	if e.optGraph, err = ctx.NewGraph(12*n+32, false); err != nil {
+	e.normSq.SetName("grad_norm_sq").SetOutput()
+	if e.normGraph, err = ctx.NewGraph(4*n+8, false); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.normGraph.BuildForward(e.normSq); err != nil {
+		return fmt.Errorf("new engine: gradient norm: %w", err)
+	}
+	if e.normAlloc, err = e.backend.NewAllocator(); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	if err := e.normAlloc.Alloc(e.normGraph); err != nil {
+		return fmt.Errorf("new engine: gradient norm: %w", err)
+	}
+
+	size := 8*n + 2*len(e.groups) + 8
+	if ctx, err = binding.NewGraphContext(size, size, false); err != nil {
+		return fmt.Errorf("new engine: %w", err)
+	}
+	e.optCtx = ctx
+	for _, g := range e.groups {
+		e.adamPars = append(e.adamPars, ctx.NewTensor(binding.TypeF32, 7).SetName("adamw_params."+g.Name).SetInput())
+	}
+	e.factor = ctx.NewTensor(binding.TypeF32, 1).SetName("grad_factor").SetInput()
+	if e.optGraph, err = ctx.NewGraph(size, false); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
 	for i, p := range e.params {
-		g := ctx.Mul(e.accs[i], factor)
-		step := ctx.OptStepAdamW(p, g, e.ms[i], e.vs[i], e.adamPar)
-		if err := e.optGraph.BuildForward(step); err != nil {
+		g := ctx.Mul(e.accs[i], e.factor)
+		step := ctx.OptStepAdamW(p, g, e.ms[i], e.vs[i], e.adamPars[e.groupOf[i]])
+		sq := ctx.Sum(ctx.Sqr(step))
+		if ctx.Err() != nil {
+			return fmt.Errorf("new engine: optimizer graph: %w", ctx.Err())
+		}
+		sq.SetOutput()
+		e.paramSq = append(e.paramSq, sq)
+		if err := e.optGraph.BuildForward(sq); err != nil {
 			return fmt.Errorf("new engine: optimizer graph: %w", err)
 		}
-	}
-	if err := e.optGraph.BuildForward(e.gradNorm); err != nil {
-		return fmt.Errorf("new engine: optimizer graph: %w", err)
 	}
 	if e.optAlloc, err = e.backend.NewAllocator(); err != nil {
 		return fmt.Errorf("new engine: %w", err)
@@ -372,16 +446,6 @@ func (e *Engine) buildOpt() error {
 		return fmt.Errorf("new engine: optimizer graph: %w", err)
 	}
 	return nil
-}
-
-// epsTensor is a tiny constant added to the norm before dividing.
-func (e *Engine) epsTensor(ctx *binding.Context) *binding.Tensor {
-	t := ctx.NewTensor(binding.TypeF32, 1)
-	if t != nil {
-		t.SetName("norm_eps").SetInput()
-		e.epsConst = t
-	}
-	return t
 }
 
 func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, error) {
@@ -418,14 +482,14 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 		}
 	}
 	ignored := float64(n - ntok)
-	offset := -ignored * math.Log(float64(e.vocab)) / float64(ntok)
+	offset := -ignored * math.Log(float64(e.vocab))
 	for _, set := range []struct {
 		t *binding.Tensor
 		v []float32
 	}{
 		{in.labels, onehot},
 		{in.mask, mask},
-		{in.factor, []float32{float32(n) / float32(ntok)}},
+		{in.factor, []float32{float32(n)}},
 		{in.offset, []float32{float32(offset)}},
 	} {
 		if err := set.t.SetFloats(set.v); err != nil {
@@ -436,7 +500,8 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 }
 
 // Accumulate runs the forward and backward pass of one micro batch, adding
-// its gradients to the accumulators, and returns the batch's mean loss.
+// the gradient of its summed loss to the accumulators, and returns the
+// batch's mean loss over its loss tokens.
 func (e *Engine) Accumulate(batch Batch) (float64, error) {
 	if e.trainGraph == nil {
 		return 0, fmt.Errorf("train step: %w", ErrEvalOnly)
@@ -444,7 +509,8 @@ func (e *Engine) Accumulate(batch Batch) (float64, error) {
 	if r, ok := e.trainFwd.(Reseeder); ok {
 		r.Reseed(uint64(e.step)<<20 | uint64(e.accumulated))
 	}
-	if _, err := e.setLossInputs(e.trainIn, e.trainFwd, batch); err != nil {
+	ntok, err := e.setLossInputs(e.trainIn, e.trainFwd, batch)
+	if err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
 	if err := e.backend.Compute(e.trainGraph); err != nil {
@@ -455,53 +521,84 @@ func (e *Engine) Accumulate(batch Batch) (float64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
-	loss := float64(v[0])
-	if math.IsNaN(loss) || math.IsInf(loss, 0) {
-		return loss, fmt.Errorf("train step: loss is %v", loss)
+	sum := float64(v[0])
+	if math.IsNaN(sum) || math.IsInf(sum, 0) {
+		return sum, fmt.Errorf("train step %d: %w: loss is %v", e.step+1, ErrDiverged, sum)
 	}
-	return loss, nil
+	e.lossSum += sum
+	e.lossTokens += ntok
+	return sum / float64(ntok), nil
 }
 
-// Step applies one AdamW step with learning rate lr to the gradients
-// accumulated since the last step, clears them, and returns the global
-// gradient norm before clipping.
-func (e *Engine) Step(lr float64) (float64, error) {
-	if e.accumulated == 0 {
-		return 0, fmt.Errorf("optimizer step: no gradients accumulated")
+// Step applies one AdamW step with learning rate lr (times each group's
+// scale) to the gradients accumulated since the last step, clears them, and
+// reports the step's mean loss and gradient norm. A non-finite gradient norm
+// leaves the parameters untouched and returns ErrDiverged; so does an update
+// that makes a parameter non-finite (the parameters are then spoilt: reload
+// them from the last checkpoint).
+func (e *Engine) Step(lr float64) (StepStats, error) {
+	if e.accumulated == 0 || e.lossTokens == 0 {
+		return StepStats{}, fmt.Errorf("optimizer step: no gradients accumulated")
+	}
+	st := StepStats{Loss: e.lossSum / float64(e.lossTokens), LossTokens: e.lossTokens}
+	if err := e.backend.Compute(e.normGraph); err != nil {
+		return st, fmt.Errorf("optimizer step: %w", err)
+	}
+	sq, err := e.normSq.Floats()
+	if err != nil {
+		return st, fmt.Errorf("optimizer step: %w", err)
+	}
+	// The accumulators hold gradients of summed losses; the step's gradient
+	// is their sum over the loss tokens.
+	inv := 1 / float64(e.lossTokens)
+	st.GradNorm = math.Sqrt(float64(sq[0])) * inv
+	if math.IsNaN(st.GradNorm) || math.IsInf(st.GradNorm, 0) {
+		return st, fmt.Errorf("optimizer step %d: %w: gradient norm is %v", e.step+1, ErrDiverged, st.GradNorm)
+	}
+	clip := 1.0
+	if o := e.opt.MaxGradNorm; o > 0 && st.GradNorm > o {
+		clip = o / (st.GradNorm + 1e-6)
 	}
 	e.step++
 	t := float64(e.step)
 	o := e.opt
-	par := []float32{float32(lr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(o.WeightDecay),
-		float32(1 / (1 - math.Pow(o.Beta1, t))), float32(1 / (1 - math.Pow(o.Beta2, t)))}
-	maxNorm := float32(o.MaxGradNorm)
-	if maxNorm <= 0 {
-		maxNorm = float32(math.Inf(1))
-	}
-	for _, set := range []func() error{
-		func() error { return e.adamPar.SetFloats(par) },
-		func() error { return e.optIn[0].SetFloats([]float32{maxNorm}) },
-		func() error { return e.optIn[1].SetFloats([]float32{1 / float32(e.accumulated)}) },
-		func() error { return e.epsConst.SetFloats([]float32{1e-6}) },
-	} {
-		if err := set(); err != nil {
-			return 0, fmt.Errorf("optimizer step: %w", err)
+	for gi, g := range e.groups {
+		glr, wd := lr, o.WeightDecay
+		if g.LRScale > 0 {
+			glr *= g.LRScale
+		}
+		if g.WeightDecay != nil {
+			wd = *g.WeightDecay
+		}
+		par := []float32{float32(glr), float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(wd),
+			float32(1 / (1 - math.Pow(o.Beta1, t))), float32(1 / (1 - math.Pow(o.Beta2, t)))}
+		if err := e.adamPars[gi].SetFloats(par); err != nil {
+			return st, fmt.Errorf("optimizer step: %w", err)
 		}
 	}
-	if err := e.backend.Compute(e.optGraph); err != nil {
-		return 0, fmt.Errorf("optimizer step: %w", err)
+	if err := e.factor.SetFloats([]float32{float32(clip * inv)}); err != nil {
+		return st, fmt.Errorf("optimizer step: %w", err)
 	}
-	norm, err := e.gradNorm.Floats()
-	if err != nil {
-		return 0, fmt.Errorf("optimizer step: %w", err)
+	if err := e.backend.Compute(e.optGraph); err != nil {
+		return st, fmt.Errorf("optimizer step: %w", err)
+	}
+	for i, sq := range e.paramSq {
+		v, err := sq.Floats()
+		if err != nil {
+			return st, fmt.Errorf("optimizer step: %w", err)
+		}
+		if f := float64(v[0]); math.IsNaN(f) || math.IsInf(f, 0) {
+			return st, fmt.Errorf("optimizer step %d: %w: parameter %s is not finite after the update (learning rate %g)",
+				e.step, ErrDiverged, e.params[i].Name(), lr)
+		}
 	}
 	for _, acc := range e.accs {
 		if err := acc.Zero(); err != nil {
-			return 0, fmt.Errorf("optimizer step: %w", err)
+			return st, fmt.Errorf("optimizer step: %w", err)
 		}
 	}
-	e.accumulated = 0
-	return float64(norm[0]), nil
+	e.accumulated, e.lossSum, e.lossTokens = 0, 0, 0
+	return st, nil
 }
 
 // EvalResult is the outcome of evaluating one batch.
@@ -529,7 +626,7 @@ func (e *Engine) Eval(batch Batch) (EvalResult, error) {
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("eval: %w", err)
 	}
-	res := EvalResult{LossSum: float64(lv[0]) * float64(ntok), Tokens: ntok}
+	res := EvalResult{LossSum: float64(lv[0]), Tokens: ntok}
 	for i, t := range batch.Targets {
 		if t < 0 {
 			continue
@@ -551,16 +648,19 @@ func (e *Engine) Eval(batch Batch) (EvalResult, error) {
 // StepCount returns the number of optimizer steps taken.
 func (e *Engine) StepCount() int { return e.step }
 
-// Params returns the trainable tensors.
+// Params returns the trainable tensors of every group, in order.
 func (e *Engine) Params() []*binding.Tensor { return e.params }
+
+// Groups returns the parameter groups.
+func (e *Engine) Groups() []Group { return e.groups }
 
 // Close frees the engine's graphs and state (not the parameters). It is
 // idempotent.
 func (e *Engine) Close() {
-	for _, a := range []*binding.Allocator{e.trainAlloc, e.evalAlloc, e.optAlloc} {
+	for _, a := range []*binding.Allocator{e.trainAlloc, e.evalAlloc, e.normAlloc, e.optAlloc} {
 		a.Close()
 	}
-	for _, c := range []*binding.Context{e.trainCtx, e.evalCtx, e.optCtx} {
+	for _, c := range []*binding.Context{e.trainCtx, e.evalCtx, e.normCtx, e.optCtx} {
 		if c != nil {
 			c.Close()
 		}

@@ -95,7 +95,7 @@ func cpu(t *testing.T) *binding.Backend {
 func TestEngineLearnsMarkovChain(t *testing.T) {
 	be := cpu(t)
 	m := newBigram(t, 16, be)
-	e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 4, 64, train.DefaultAdamW())
+	e, err := train.NewEngine(m, train.Groups(m.table), be, 4, 64, train.DefaultAdamW())
 	require.NoError(t, err)
 	defer e.Close()
 	eval, entropy := markovBatch(4, 64, 16, 99)
@@ -124,7 +124,7 @@ func TestEngineGradientMatchesFiniteDifferences(t *testing.T) {
 	const vocab = 8
 	m := newBigram(t, vocab, be)
 	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30, MaxGradNorm: 0}
-	e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 2, 8, opt)
+	e, err := train.NewEngine(m, train.Groups(m.table), be, 2, 8, opt)
 	require.NoError(t, err)
 	defer e.Close()
 	batch, _ := markovBatch(2, 8, vocab, 5)
@@ -164,7 +164,7 @@ func TestGradientAccumulationEqualsLargerBatch(t *testing.T) {
 	be := cpu(t)
 	run := func(micro int) []float32 {
 		m := newBigram(t, 8, be)
-		e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 4/micro, 16, train.DefaultAdamW())
+		e, err := train.NewEngine(m, train.Groups(m.table), be, 4/micro, 16, train.DefaultAdamW())
 		require.NoError(t, err)
 		defer e.Close()
 		full, _ := markovBatch(4, 16, 8, 11)
@@ -186,11 +186,61 @@ func TestGradientAccumulationEqualsLargerBatch(t *testing.T) {
 	}
 }
 
+// TestAccumulationWeightsTokens splits one batch into micro batches with
+// very different numbers of loss tokens: the accumulated step must equal the
+// step of the whole batch (the mean over all loss tokens), not the mean of
+// the micro batches' means.
+func TestAccumulationWeightsTokens(t *testing.T) {
+	be := cpu(t)
+	const vocab = 8
+	full, _ := markovBatch(2, 16, vocab, 7)
+	for i := 16; i < 29; i++ { // the second row keeps two loss tokens
+		full.Targets[i] = -1
+	}
+	// With beta1=beta2=0 and a huge eps the update is lr·g/eps: w0-w1 = g.
+	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30, MaxGradNorm: 0}
+	run := func(parts []train.Batch) ([]float32, train.StepStats) {
+		m := newBigram(t, vocab, be)
+		e, err := train.NewEngine(m, train.Groups(m.table), be, parts[0].B, parts[0].T, opt)
+		require.NoError(t, err)
+		defer e.Close()
+		w0, err := m.table.Floats()
+		require.NoError(t, err)
+		for _, p := range parts {
+			_, err := e.Accumulate(p)
+			require.NoError(t, err)
+		}
+		st, err := e.Step(1e30)
+		require.NoError(t, err)
+		w1, err := m.table.Floats()
+		require.NoError(t, err)
+		g := make([]float32, len(w0))
+		for i := range g {
+			g[i] = w0[i] - w1[i]
+		}
+		return g, st
+	}
+	row := func(r int) train.Batch {
+		return train.Batch{B: 1, T: 16, Tokens: full.Tokens[r*16 : (r+1)*16], Targets: full.Targets[r*16 : (r+1)*16]}
+	}
+	gFull, stFull := run([]train.Batch{full})
+	gMicro, stMicro := run([]train.Batch{row(0), row(1)})
+	require.Equal(t, 2, row(1).LossTokens())
+	require.Greater(t, row(0).LossTokens(), 10)
+	assert.Equal(t, full.LossTokens(), stFull.LossTokens)
+	assert.Equal(t, stFull.LossTokens, stMicro.LossTokens)
+	assert.InDelta(t, stFull.Loss, stMicro.Loss, 1e-6, "the step loss is the mean over all loss tokens")
+	assert.InDelta(t, stFull.GradNorm, stMicro.GradNorm, 1e-6)
+	for i := range gFull {
+		require.InDelta(t, gFull[i], gMicro[i], 1e-6+1e-4*math.Abs(float64(gFull[i])), "element %d", i)
+	}
+}
+
 func TestClippingBoundsTheUpdate(t *testing.T) {
 	be := cpu(t)
 	m := newBigram(t, 8, be)
 	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30, MaxGradNorm: 1e-3}
-	e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 2, 8, opt)
+	e, err := train.NewEngine(m, train.Groups(m.table), be, 2, 8, opt)
 	require.NoError(t, err)
 	defer e.Close()
 	batch, _ := markovBatch(2, 8, 8, 5)
@@ -198,9 +248,9 @@ func TestClippingBoundsTheUpdate(t *testing.T) {
 	require.NoError(t, err)
 	_, err = e.Accumulate(batch)
 	require.NoError(t, err)
-	norm, err := e.Step(1e30)
+	st, err := e.Step(1e30)
 	require.NoError(t, err)
-	require.Greater(t, norm, 1e-2)
+	require.Greater(t, st.GradNorm, 1e-2)
 	w1, err := m.table.Floats()
 	require.NoError(t, err)
 	var s float64

@@ -207,33 +207,31 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 			return res, fmt.Errorf("train: %w at step %d", ErrInterrupted, e.StepCount())
 		}
 		stepStart := time.Now()
-		var lossSum float64
 		stepTokens := 0
 		for k := 0; k < cfg.GradAccum; k++ {
 			b, err := src.Next()
 			if err != nil {
 				return res, fmt.Errorf("train: data: %w", err)
 			}
-			loss, err := e.Accumulate(b)
+			_, err = e.Accumulate(b)
 			if errors.Is(err, ErrNoLossTokens) {
 				continue
 			}
 			if err != nil {
 				return res, fmt.Errorf("train: step %d: %w", e.StepCount()+1, err)
 			}
-			lossSum += loss
 			stepTokens += b.B * b.T
 		}
 		if stepTokens == 0 {
 			continue
 		}
 		lr := cfg.Schedule.At(e.StepCount())
-		norm, err := e.Step(lr)
+		st, err := e.Step(lr)
 		if err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}
 		tokens += stepTokens
-		loss := lossSum / float64(cfg.GradAccum)
+		loss, norm := st.Loss, st.GradNorm
 		if res.FirstLoss == 0 {
 			res.FirstLoss = loss
 		}

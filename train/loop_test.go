@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -62,7 +61,7 @@ func TestRunResumeGivesTheSameCurve(t *testing.T) {
 		Schedule: train.LRSchedule{Kind: train.Cosine, LR: 0.05, Warmup: 2}}
 
 	m := newBigram(t, 8, be)
-	e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 2, 16, cfg.Optimizer)
+	e, err := train.NewEngine(m, train.Groups(m.table), be, 2, 16, cfg.Optimizer)
 	require.NoError(t, err)
 	defer e.Close()
 	full, err := train.Run(context.Background(), e, markovSource(5), nil, cfg)
@@ -82,7 +81,7 @@ func TestRunResumeGivesTheSameCurve(t *testing.T) {
 		}
 	}
 	m2 := newBigram(t, 8, be)
-	e2, err := train.NewEngine(m2, []*binding.Tensor{m2.table}, be, 2, 16, cfg.Optimizer)
+	e2, err := train.NewEngine(m2, train.Groups(m2.table), be, 2, 16, cfg.Optimizer)
 	require.NoError(t, err)
 	defer e2.Close()
 	part, err := train.Run(ctx, e2, markovSource(5), nil, cfgA)
@@ -91,7 +90,7 @@ func TestRunResumeGivesTheSameCurve(t *testing.T) {
 	require.FileExists(t, ck)
 
 	m3 := newBigram(t, 8, be)
-	e3, err := train.NewEngine(m3, []*binding.Tensor{m3.table}, be, 2, 16, cfg.Optimizer)
+	e3, err := train.NewEngine(m3, train.Groups(m3.table), be, 2, 16, cfg.Optimizer)
 	require.NoError(t, err)
 	defer e3.Close()
 	cfgB := cfg
@@ -110,7 +109,7 @@ func TestRunWritesMetricsPlotAndEvaluates(t *testing.T) {
 	be := cpu(t)
 	dir := t.TempDir()
 	m := newBigram(t, 8, be)
-	e, err := train.NewEngine(m, []*binding.Tensor{m.table}, be, 2, 16, train.DefaultAdamW())
+	e, err := train.NewEngine(m, train.Groups(m.table), be, 2, 16, train.DefaultAdamW())
 	require.NoError(t, err)
 	defer e.Close()
 	val := markovSource(2).batches
