@@ -23,8 +23,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("%d tokens: %q\n", len(res.IDs), res.Text)
 	// The text continues the reference greedy story of stories260K.greedy.json
 	// (produced by llama.cpp), which begins with the prompt.
+	fmt.Printf("%d tokens: %q\n", len(res.IDs), res.Text)
 	// Output: 16 tokens: ", there was a little girl named Lily. She loved to play"
 }
