@@ -24,6 +24,7 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/internal/ggufpatch"
 	"github.com/ggtune/ggtune/internal/randmodel"
 	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/model"
@@ -362,4 +363,21 @@ func TestModelfileString(t *testing.T) {
 
 func writeRandom(path string) error {
 	return randmodel.Write(path, randmodel.Options{NEmbd: 32, NLayer: 5, NHead: 4, NHeadKV: 2, NFF: 96, Untied: true})
+}
+
+// TestTemplateFor checks that a base with a ChatML chat template (Jinja)
+// gets Ollama's chatml template, and one without gets none.
+func TestTemplateFor(t *testing.T) {
+	base := fixture.Path(t, "models/stories260K.gguf")
+	tmpl, err := ollama.TemplateFor(base)
+	require.NoError(t, err)
+	assert.Empty(t, tmpl, "stories260K has no chat template")
+
+	const chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+	withTmpl := filepath.Join(t.TempDir(), "chat.gguf")
+	require.NoError(t, ggufpatch.Write(base, withTmpl, nil, []binding.KV{{Key: "tokenizer.chat_template", Value: chatml}}))
+	tmpl, err = ollama.TemplateFor(withTmpl)
+	require.NoError(t, err)
+	assert.Contains(t, tmpl, "<|im_start|>")
+	assert.Contains(t, tmpl, "{{")
 }
