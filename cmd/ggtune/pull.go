@@ -45,23 +45,33 @@ func newPullCmd() *cobra.Command {
 	return cmd
 }
 
-// resolveModelFlag replaces a remote -m/--model value (hf://, https://) of
-// the command about to run with the path of its cached copy, downloading
-// it first when it is not in the cache.
-func resolveModelFlag(cmd *cobra.Command, _ []string) error {
+// resolveModelFlag replaces a remote -m/--model value (hf://, https://)
+// and remote positional arguments (`ggtune info hf://...`) of the command
+// about to run with the paths of their cached copies, downloading them
+// first when they are not in the cache. cobra hands the same args slice
+// to RunE, so the positional arguments are replaced in place.
+func resolveModelFlag(cmd *cobra.Command, args []string) error {
+	if cmd.Name() == "pull" {
+		return nil
+	}
+	var o hub.Options
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		o.Progress = cmd.ErrOrStderr()
+	}
 	var err error
 	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
 		if err != nil || fl.Name != "model" || !hub.IsRemote(fl.Value.String()) {
 			return
-		}
-		var o hub.Options
-		if term.IsTerminal(int(os.Stderr.Fd())) {
-			o.Progress = cmd.ErrOrStderr()
 		}
 		var p string
 		if p, err = hub.Resolve(cmd.Context(), fl.Value.String(), o); err == nil {
 			err = fl.Value.Set(p)
 		}
 	})
+	for i, a := range args {
+		if err == nil && hub.IsRemote(a) {
+			args[i], err = hub.Resolve(cmd.Context(), a, o)
+		}
+	}
 	return err
 }

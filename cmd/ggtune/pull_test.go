@@ -50,7 +50,9 @@ func TestPullCLI(t *testing.T) {
 
 	out = mustGgtune(t, "tokenize", "-m", ref, "--text", "Once upon a time")
 	assert.Contains(t, out, "[")
-	assert.Equal(t, 1, hits, "-m resolves through the cache")
+	out = mustGgtune(t, "info", ref)
+	assert.Contains(t, out, "llama")
+	assert.Equal(t, 1, hits, "-m and positional models resolve through the cache")
 
 	_, _, err = ggtune(t, "pull", "hf://karpathy/tinyllamas/missing.gguf")
 	require.ErrorIs(t, err, hub.ErrNotFound)
