@@ -25,6 +25,7 @@ import (
 // interleaved q/k rows.
 type hfLlama struct {
 	nEmbd, nHead, nHKV, nLayer, nVocab int
+	headDim                            int
 	eps, ropeBase                      float64
 	w                                  map[string][]float64 // HF names, row-major
 }
@@ -42,6 +43,10 @@ func loadHF(t *testing.T, path string) *hfLlama {
 	u := func(k string) int { v, ok := f.Uint(arch + "." + k); require.True(t, ok, k); return int(v) }
 	m := &hfLlama{nEmbd: u("embedding_length"), nHead: u("attention.head_count"), nHKV: u("attention.head_count_kv"),
 		nLayer: u("block_count"), eps: 1e-5, ropeBase: 10000, w: map[string][]float64{}}
+	m.headDim = m.nEmbd / m.nHead
+	if v, ok := f.Uint(arch + ".attention.key_length"); ok {
+		m.headDim = int(v)
+	}
 	if v, ok := f.Float(arch + ".attention.layer_norm_rms_epsilon"); ok {
 		m.eps = v
 	}
@@ -95,6 +100,11 @@ func loadHF(t *testing.T, path string) *hfLlama {
 		read(g+"ffn_gate.weight", p+"mlp.gate_proj", 0)
 		read(g+"ffn_up.weight", p+"mlp.up_proj", 0)
 		read(g+"ffn_down.weight", p+"mlp.down_proj", 0)
+		for _, b := range []string{"q", "k"} { // qwen3: RMSNorm of each head
+			if _, ok := f.TensorInfo(g + "attn_" + b + "_norm.weight"); ok {
+				read(g+"attn_"+b+"_norm.weight", p+"self_attn."+b+"_norm", 0)
+			}
+		}
 		for _, b := range []string{"q", "k", "v"} {
 			if _, ok := f.TensorInfo(g + "attn_" + b + ".bias"); ok {
 				read(g+"attn_"+b+".bias", p+"self_attn."+b+"_proj.bias", 0)
@@ -198,6 +208,18 @@ func (m *hfLlama) rmsnorm(x, w []float64) []float64 {
 	return y
 }
 
+// headNorm applies RMSNorm with weight w to each head of x in place (no-op
+// when w is nil).
+func (m *hfLlama) headNorm(x []float64, heads int, w []float64) {
+	if w == nil {
+		return
+	}
+	d := len(x) / heads
+	for h := 0; h < heads; h++ {
+		copy(x[h*d:(h+1)*d], m.rmsnorm(x[h*d:(h+1)*d], w))
+	}
+}
+
 // rope applies Hugging Face's rotate_half RoPE to each head of x in place.
 func (m *hfLlama) rope(x []float64, heads, pos int) {
 	d := len(x) / heads
@@ -213,7 +235,7 @@ func (m *hfLlama) rope(x []float64, heads, pos int) {
 
 // logits runs the model on tokens and returns every position's logits.
 func (m *hfLlama) logits(tokens []int) [][]float64 {
-	n, d := m.nEmbd, m.nEmbd/m.nHead
+	n, d := m.nEmbd, m.headDim
 	kvd := d * m.nHKV
 	xs := make([][]float64, len(tokens))
 	for p, tok := range tokens {
@@ -224,7 +246,7 @@ func (m *hfLlama) logits(tokens []int) [][]float64 {
 		ks, vs, qs := make([][]float64, len(tokens)), make([][]float64, len(tokens)), make([][]float64, len(tokens))
 		for p := range tokens {
 			h := m.rmsnorm(xs[p], m.w[pre+"input_layernorm"])
-			qs[p] = matvec(m.w[pre+"self_attn.q_proj"], h, n)
+			qs[p] = matvec(m.w[pre+"self_attn.q_proj"], h, d*m.nHead)
 			ks[p] = matvec(m.w[pre+"self_attn.k_proj"], h, kvd)
 			vs[p] = matvec(m.w[pre+"self_attn.v_proj"], h, kvd)
 			for name, v := range map[string][]float64{"q": qs[p], "k": ks[p], "v": vs[p]} {
@@ -234,11 +256,13 @@ func (m *hfLlama) logits(tokens []int) [][]float64 {
 					}
 				}
 			}
+			m.headNorm(qs[p], m.nHead, m.w[pre+"self_attn.q_norm"])
+			m.headNorm(ks[p], m.nHKV, m.w[pre+"self_attn.k_norm"])
 			m.rope(qs[p], m.nHead, p)
 			m.rope(ks[p], m.nHKV, p)
 		}
 		for p := range tokens {
-			att := make([]float64, n)
+			att := make([]float64, d*m.nHead)
 			for h := 0; h < m.nHead; h++ {
 				g := h / (m.nHead / m.nHKV)
 				sc := make([]float64, p+1)
@@ -303,14 +327,14 @@ func writePEFT(t *testing.T, dir string, m *hfLlama, r int, alpha float64, rslor
 		ts["base_model.model."+mod+".lora_A.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{r, in}, Data: rnd(r*in, 0.3)}
 		ts["base_model.model."+mod+".lora_B.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{out, r}, Data: rnd(out*r, 0.3)}
 	}
-	n, kvd := m.nEmbd, m.nEmbd/m.nHead*m.nHKV
+	n, kvd, qd := m.nEmbd, m.headDim*m.nHKV, m.headDim*m.nHead
 	for l := 0; l < m.nLayer; l++ {
 		p := "model.layers." + itoa(l) + "."
 		nff := len(m.w[p+"mlp.gate_proj"]) / n
-		add(p+"self_attn.q_proj", n, n)
+		add(p+"self_attn.q_proj", qd, n)
 		add(p+"self_attn.k_proj", kvd, n)
 		add(p+"self_attn.v_proj", kvd, n)
-		add(p+"self_attn.o_proj", n, n)
+		add(p+"self_attn.o_proj", n, qd)
 		add(p+"mlp.gate_proj", nff, n)
 		add(p+"mlp.up_proj", nff, n)
 		add(p+"mlp.down_proj", n, nff)
@@ -372,6 +396,8 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 	stories, _ := openBase(t)
 	qwen := filepath.Join(t.TempDir(), "qwen2.gguf")
 	require.NoError(t, randmodel.Write(qwen, randmodel.Options{Arch: "qwen2", NEmbd: 32, NLayer: 2, NHead: 4, NHeadKV: 2, Untied: true, Seed: 5}))
+	qwen3 := filepath.Join(t.TempDir(), "qwen3.gguf")
+	require.NoError(t, randmodel.Write(qwen3, randmodel.Options{Arch: "qwen3", NEmbd: 32, NLayer: 2, NHead: 4, NHeadKV: 2, HeadDim: 16, Untied: true, Seed: 6}))
 	tokens := []binding.Token{1, 403, 407, 261, 378, 290, 44, 500, 3, 17, 260, 311}
 	for _, tc := range []struct {
 		name, model string
@@ -382,6 +408,7 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 		{"llama stories260K", stories, 4, 8, false},
 		{"llama rslora", stories, 4, 6, true},
 		{"qwen2 random", qwen, 2, 4, false},
+		{"qwen3 random", qwen3, 2, 4, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hf := loadHF(t, tc.model)
