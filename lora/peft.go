@@ -322,6 +322,8 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 		return fail(ErrFormat, "%s: %v", PEFTConfigFile, err)
 	}
 	switch {
+	case pc.PEFTType == "IA3" || pc.PEFTType == "ADALORA" || pc.PEFTType == "LOHA" || pc.PEFTType == "LOKR":
+		return fail(ErrPEFTUnsupported, "peft_type %s: only LORA (and the prompt-learning types) convert today", pc.PEFTType)
 	case pc.PEFTType != "LORA":
 		return fail(ErrFormat, "peft_type %q is not LORA", pc.PEFTType)
 	case len(pc.ModulesToSave) > 0:

@@ -560,7 +560,8 @@ func TestPEFTRefused(t *testing.T) {
 		{"rank pattern", func(c map[string]any, _ map[string]safetensors.Tensor) {
 			c["rank_pattern"] = map[string]int{"q_proj": 2}
 		}, lora.ErrPEFTUnsupported, "rank_pattern"},
-		{"ia3", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "IA3" }, lora.ErrFormat, `peft_type "IA3"`},
+		{"ia3", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "IA3" }, lora.ErrPEFTUnsupported, "peft_type IA3"},
+		{"unknown type", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "NOPE" }, lora.ErrFormat, `peft_type "NOPE"`},
 		{"wrong rank", func(c map[string]any, _ map[string]safetensors.Tensor) { c["r"] = 3 }, lora.ErrFormat, "for rank 3"},
 		{"missing half", func(_ map[string]any, ts map[string]safetensors.Tensor) {
 			delete(ts, "base_model.model.model.layers.2.mlp.up_proj.lora_B.weight")

@@ -116,7 +116,7 @@ func newImportPEFTCmd() *cobra.Command {
 			}
 			if typ, err := lora.PEFTType(args[0]); err != nil {
 				return fmt.Errorf("import-peft: %w", err)
-			} else if typ == "LORA" {
+			} else if typ != "PROMPT_TUNING" && typ != "P_TUNING" && typ != "PREFIX_TUNING" {
 				return importLoRAPEFT(cmd.OutOrStdout(), args[0], modelPath, out)
 			}
 			shape, backend, _, err := promptShape(modelPath)
