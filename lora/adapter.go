@@ -113,7 +113,7 @@ func New(cfg Config, f *binding.GGUFFile, backend *binding.Backend) (*Adapter, e
 	if cfg.Init == "" {
 		cfg.Init = InitKaiming
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Resolve(f); err != nil {
 		return nil, err
 	}
 	arch, slots, err := plan(cfg, f)

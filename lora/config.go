@@ -119,7 +119,10 @@ type Config struct {
 	Targets []Target `yaml:"targets" json:"targets"`
 	// Layers restricts per-block targets to these block indices (nil: all).
 	Layers []int `yaml:"layers" json:"layers"`
-	Init   Init  `yaml:"init" json:"init"`
+	// LastLayers, if positive, selects the last N blocks instead; Resolve
+	// turns it into Layers for a base model.
+	LastLayers int  `yaml:"last_layers" json:"last_layers,omitempty"`
+	Init       Init `yaml:"init" json:"init"`
 	// RSLoRA scales by alpha/√rank instead of alpha/rank.
 	RSLoRA bool   `yaml:"rslora" json:"rslora"`
 	Seed   uint64 `yaml:"seed" json:"seed"`

@@ -287,6 +287,16 @@ func TestCLI(t *testing.T) {
 	})
 
 	t.Run("errors", func(t *testing.T) {
+		unknownType := filepath.Join(f.dir, "frob.gguf")
+		w, err := binding.NewGGUFWriter(1)
+		require.NoError(t, err)
+		for _, kv := range []binding.KV{{Key: "general.type", Value: "adapter"}, {Key: "general.architecture", Value: "llama"}, {Key: "adapter.type", Value: "frobnicate"}} {
+			require.NoError(t, w.Set(kv.Key, kv.Value))
+		}
+		require.NoError(t, w.AddFloats("x", binding.TypeF32, []int64{1}, []float32{0}))
+		require.NoError(t, w.WriteFile(unknownType))
+		w.Close()
+		prompt := filepath.Join(f.dir, "prompt.gguf")
 		badCfg := filepath.Join(f.dir, "bad.yaml")
 		require.NoError(t, os.WriteFile(badCfg, []byte("model: m.gguf\nrnak: 4\n"), 0o644))
 		for _, tc := range []struct {
@@ -301,14 +311,16 @@ func TestCLI(t *testing.T) {
 			{"steps and epochs", []string{"train", "full", "-m", f.model, "--data", f.train, "-o", adapter, "--steps", "5", "--epochs", "1"}, "exclusive"},
 			{"bad schedule", []string{"train", "head", "-m", f.model, "--data", f.train, "-o", adapter, "--schedule", "cubic"}, "want constant, linear or cosine"},
 			{"empty init text", []string{"train", "prompt", "-m", f.model, "--data", f.train, "-o", adapter, "--init", "text:"}, "text init without text"},
-			{"unknown method", []string{"train", "dora"}, `unknown method "dora"`},
+			{"unknown method", []string{"train", "frob"}, `unknown method "frob"`},
 			{"unknown config key", []string{"train", "lora", "--config", badCfg}, `bad.yaml:2: invalid config file: unknown key "rnak"`},
 			{"resume without checkpoint", []string{"train", "lora", "-m", f.model, "--data", f.train, "-o", filepath.Join(f.dir, "new.gguf"), "--resume"}, "no checkpoint"},
 			{"bad scale", []string{"generate", "-m", f.model, "--lora", adapter + ":abc"}, `scale "abc" is not a number`},
 			{"infinite scale", []string{"merge", "-m", f.model, "--lora", adapter + ":inf", "-o", filepath.Join(f.dir, "x.gguf")}, "not a finite number"},
 			{"missing adapter", []string{"eval", "-m", f.model, "--data", f.val, "--lora", filepath.Join(f.dir, "none.gguf")}, "none.gguf"},
 			{"bad merge type", []string{"merge", "-m", f.model, "--lora", adapter, "-o", filepath.Join(f.dir, "x.gguf"), "--type", "q9"}, `unknown type name "q9"`},
-			{"not a prompt adapter", []string{"eval", "-m", f.model, "--data", f.val, "--prompt-adapter", adapter}, "adapter.type"},
+			{"not an adapter", []string{"eval", "-m", f.model, "--data", f.val, "--adapter", f.model}, "not an adapter file"},
+			{"unknown adapter type", []string{"generate", "-m", f.model, "--adapter", unknownType}, `unknown adapter type "frobnicate"`},
+			{"merge a soft prompt", []string{"merge", "-m", f.model, "--adapter", prompt, "-o", filepath.Join(f.dir, "x.gguf")}, "cannot be folded"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				_, _, err := ggtune(t, tc.args...)

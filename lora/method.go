@@ -1,0 +1,216 @@
+package lora
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/method"
+	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
+)
+
+func init() { method.Register(loraMethod{}) }
+
+// loraMethod is LoRA in the method registry ("lora", adapter.type "lora").
+type loraMethod struct{}
+
+func (loraMethod) Name() string { return "lora" }
+
+func (loraMethod) Info() method.Info {
+	return method.Info{Short: "LoRA: train low-rank adapters on a frozen base (any base type, quantized included)",
+		Output: "LoRA adapter GGUF (llama.cpp format)", LR: 2e-4}
+}
+
+func (loraMethod) AdapterTypes() []string { return []string{"lora"} }
+
+func (loraMethod) NewConfig() method.Config { c := DefaultConfig(); return &c }
+
+func (loraMethod) New(env *method.Env, cfg method.Config) (method.Instance, error) {
+	c, ok := cfg.(*Config)
+	if !ok {
+		return nil, fmt.Errorf("lora: %w: config %T", ErrConfig, cfg)
+	}
+	cc := *c
+	cc.Seed = env.Seed
+	a, err := New(cc, env.Base, env.Backend)
+	if err != nil {
+		return nil, err
+	}
+	return instance{a.withMeta(env.Meta)}, nil
+}
+
+func (loraMethod) Load(path string, env *method.Env) (method.Instance, error) {
+	a, err := Load(path, env.Base, env.Backend)
+	if err != nil {
+		return nil, err
+	}
+	return instance{a.withMeta(env.Meta)}, nil
+}
+
+func (a *Adapter) withMeta(meta map[string]any) *Adapter {
+	for k, v := range meta {
+		a.Meta[k] = v
+	}
+	return a
+}
+
+// instance adapts an Adapter to method.Instance and method.Merger.
+type instance struct{ *Adapter }
+
+func (i instance) Hooks(scale float32) []model.Hook { return []model.Hook{i.Hook(scale)} }
+
+func (i instance) Groups() ([]train.Group, error) {
+	params, err := i.Params()
+	if err != nil {
+		return nil, err
+	}
+	return train.Groups(params...), nil
+}
+
+func (i instance) MergesInto(name string) bool { return i.Weight(name) != nil }
+
+func (i instance) MergeInto(name string, ne []int64, vals []float32, scale float32) error {
+	return addDelta(vals, ne, i.Weight(name), scale*i.Scale())
+}
+
+// AddFlags implements method.Config: --rank, --alpha, --dropout,
+// --targets, --layers, --init, --rslora.
+func (c *Config) AddFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&c.Rank, "rank", c.Rank, "LoRA rank r")
+	fs.Float32Var(&c.Alpha, "alpha", c.Alpha, "LoRA alpha (the update is scaled by alpha/r, or alpha/sqrt(r) with --rslora)")
+	fs.Float32Var(&c.Dropout, "dropout", c.Dropout, "dropout on the LoRA input during training")
+	fs.Var((*targetsFlag)(c), "targets", "adapted matrices: comma list of q,k,v,o,gate,up,down,output,embed (or q_proj,... names), or all-linear")
+	fs.Var((*layersFlag)(c), "layers", "blocks to adapt: all, a list such as 0,1,4-7, or last:N")
+	fs.StringVar((*string)(&c.Init), "init", string(c.Init), "initialisation of A: kaiming (PEFT's default) or gaussian (B starts at 0)")
+	fs.BoolVar(&c.RSLoRA, "rslora", c.RSLoRA, "rank-stabilised LoRA: scale by alpha/sqrt(r)")
+}
+
+// Resolve implements method.Config: it turns LastLayers into Layers for
+// the base model and validates the configuration.
+func (c *Config) Resolve(base *binding.GGUFFile) error {
+	c.Init = Init(strings.ToLower(string(c.Init)))
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	arch, _ := base.String("general.architecture")
+	n, ok := base.Uint(arch + ".block_count")
+	if !ok {
+		return fmt.Errorf("%s: no %s.block_count", base.Path(), arch)
+	}
+	if c.LastLayers > 0 {
+		if c.LastLayers > int(n) {
+			return fmt.Errorf("%w: last:%d but the model has %d blocks", ErrConfig, c.LastLayers, n)
+		}
+		c.Layers = nil
+		for l := int(n) - c.LastLayers; l < int(n); l++ {
+			c.Layers = append(c.Layers, l)
+		}
+	}
+	for _, l := range c.Layers {
+		if l >= int(n) {
+			return fmt.Errorf("%w: block %d out of range (the model has blocks 0-%d)", ErrConfig, l, n-1)
+		}
+	}
+	return nil
+}
+
+// targetsFlag is --targets.
+type targetsFlag Config
+
+func (f *targetsFlag) String() string {
+	if len(f.Targets) == len(AllLinear) {
+		all := true
+		for i, t := range f.Targets {
+			all = all && t == AllLinear[i]
+		}
+		if all {
+			return "all-linear"
+		}
+	}
+	s := make([]string, len(f.Targets))
+	for i, t := range f.Targets {
+		s[i] = string(t)
+	}
+	return strings.Join(s, ",")
+}
+
+func (f *targetsFlag) Set(s string) error {
+	ts, err := ParseTargets(s)
+	if err != nil {
+		return err
+	}
+	f.Targets = ts
+	return nil
+}
+
+func (f *targetsFlag) Type() string { return "string" }
+
+// layersFlag is --layers.
+type layersFlag Config
+
+func (f *layersFlag) String() string {
+	switch {
+	case f.LastLayers > 0:
+		return "last:" + strconv.Itoa(f.LastLayers)
+	case f.Layers == nil:
+		return "all"
+	}
+	s := make([]string, len(f.Layers))
+	for i, l := range f.Layers {
+		s[i] = strconv.Itoa(l)
+	}
+	return strings.Join(s, ",")
+}
+
+func (f *layersFlag) Set(s string) error {
+	layers, last, err := ParseLayers(s)
+	if err != nil {
+		return err
+	}
+	f.Layers, f.LastLayers = layers, last
+	return nil
+}
+
+func (f *layersFlag) Type() string { return "string" }
+
+// ParseLayers parses a block selection: "all" (nil, 0), "last:N" (nil, N)
+// or a comma list of block indices and ranges A-B (sorted, deduplicated).
+func ParseLayers(s string) (layers []int, last int, err error) {
+	s = strings.TrimSpace(strings.ToLower(s))
+	if s == "" || s == "all" {
+		return nil, 0, nil
+	}
+	if v, ok := strings.CutPrefix(s, "last:"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, 0, fmt.Errorf("%w: layers %q: want last:N with N >= 1", ErrConfig, s)
+		}
+		return nil, n, nil
+	}
+	seen := map[int]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, errA := strconv.Atoi(lo)
+		b, errB := a, error(nil)
+		if isRange {
+			b, errB = strconv.Atoi(hi)
+		}
+		if errA != nil || errB != nil || a > b || a < 0 {
+			return nil, 0, fmt.Errorf("%w: layers %q: want all, last:N, or block indices and ranges such as 0,1,4-7", ErrConfig, part)
+		}
+		for l := a; l <= b; l++ {
+			if !seen[l] {
+				seen[l] = true
+				layers = append(layers, l)
+			}
+		}
+	}
+	sort.Ints(layers)
+	return layers, 0, nil
+}
