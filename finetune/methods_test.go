@@ -36,6 +36,7 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 		{"prompt", 3e-2, 0.05},
 		{"prefix", 1e-2, 0.05},
 		{"ptuning", 1e-3, 0.05},
+		{"ia3", 3e-2, 1.0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.method, func(t *testing.T) {

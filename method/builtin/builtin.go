@@ -5,6 +5,7 @@ package builtin
 
 import (
 	_ "github.com/ggtune/ggtune/full"       // full, head
+	_ "github.com/ggtune/ggtune/ia3"        // ia3
 	_ "github.com/ggtune/ggtune/lora"       // lora
 	_ "github.com/ggtune/ggtune/prompttune" // prompt, prefix, ptuning
 )
