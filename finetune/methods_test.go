@@ -25,22 +25,38 @@ import (
 // TestMethodsLowerHeldOutLoss trains every method on the same Shakespeare
 // data for the same number of steps and checks the held-out loss.
 func TestMethodsLowerHeldOutLoss(t *testing.T) {
+	loraPlus := func() method.Config {
+		c := lora.DefaultConfig()
+		c.PlusRatio = 16
+		return &c
+	}
 	tests := []struct {
 		method  string
 		lr      float64
 		minDrop float64 // required drop of held-out loss
+		config  func() method.Config
+		name    string
 	}{
-		{"lora", 3e-3, 0.8},
-		{"full", 1e-3, 0.8},
-		{"head", 3e-3, 0.05},
-		{"prompt", 3e-2, 0.05},
-		{"prefix", 1e-2, 0.05},
-		{"ptuning", 1e-3, 0.05},
-		{"ia3", 3e-2, 1.0},
+		{"lora", 3e-3, 0.8, nil, ""},
+		{"full", 1e-3, 0.8, nil, ""},
+		{"head", 3e-3, 0.05, nil, ""},
+		{"prompt", 3e-2, 0.05, nil, ""},
+		{"prefix", 1e-2, 0.05, nil, ""},
+		{"ptuning", 1e-3, 0.05, nil, ""},
+		{"ia3", 3e-2, 1.0, nil, ""},
+		{"dora", 3e-3, 0.8, nil, ""},
+		{"lora", 1e-3, 0.8, loraPlus, "lora+"},
 	}
 	for _, tc := range tests {
-		t.Run(tc.method, func(t *testing.T) {
+		name := tc.method
+		if tc.name != "" {
+			name = tc.name
+		}
+		t.Run(name, func(t *testing.T) {
 			j := baseJob(t, tc.method)
+			if tc.config != nil {
+				j.Config = tc.config()
+			}
 			j.Train.Steps = 60
 			j.Train.Schedule.LR = tc.lr
 			switch tc.method {
@@ -52,7 +68,7 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 			require.NoError(t, err)
 			ev0, ev1 := rep.Result.EvalBefore, rep.Result.EvalAfter
 			t.Logf("RESULT %-8s held-out loss %.3f -> %.3f  ppl %.1f -> %.1f  acc %.3f -> %.3f  (%d trainable values)",
-				tc.method, ev0.Loss, ev1.Loss, ev0.Perplexity, ev1.Perplexity, ev0.Accuracy, ev1.Accuracy, rep.Params)
+				name, ev0.Loss, ev1.Loss, ev0.Perplexity, ev1.Perplexity, ev0.Accuracy, ev1.Accuracy, rep.Params)
 			assert.Less(t, ev1.Loss, ev0.Loss-tc.minDrop)
 			assert.Equal(t, before, fileHash(t, j.Model), "the base file is unchanged")
 			if tc.method == "full" || tc.method == "head" {

@@ -14,21 +14,38 @@ import (
 	"github.com/ggtune/ggtune/train"
 )
 
-func init() { method.Register(loraMethod{}) }
+func init() {
+	method.Register(loraMethod{})
+	method.Register(loraMethod{dora: true})
+}
 
-// loraMethod is LoRA in the method registry ("lora", adapter.type "lora").
-type loraMethod struct{}
+// loraMethod is LoRA in the method registry ("lora", adapter.type "lora"),
+// or DoRA ("dora", adapter.type "dora"; also `lora --dora`).
+type loraMethod struct{ dora bool }
 
-func (loraMethod) Name() string { return "lora" }
+func (l loraMethod) Name() string {
+	if l.dora {
+		return "dora"
+	}
+	return "lora"
+}
 
-func (loraMethod) Info() method.Info {
+func (l loraMethod) Info() method.Info {
+	if l.dora {
+		return method.Info{Short: "DoRA: LoRA with a learned magnitude per output row (weight-decomposed, mergeable)",
+			Output: "DoRA adapter GGUF", LR: 2e-4}
+	}
 	return method.Info{Short: "LoRA: train low-rank adapters on a frozen base (any base type, quantized included)",
 		Output: "LoRA adapter GGUF (llama.cpp format)", LR: 2e-4}
 }
 
-func (loraMethod) AdapterTypes() []string { return []string{"lora"} }
+func (l loraMethod) AdapterTypes() []string { return []string{l.Name()} }
 
-func (loraMethod) NewConfig() method.Config { c := DefaultConfig(); return &c }
+func (l loraMethod) NewConfig() method.Config {
+	c := DefaultConfig()
+	c.DoRA = l.dora
+	return &c
+}
 
 func (loraMethod) New(env *method.Env, cfg method.Config) (method.Instance, error) {
 	c, ok := cfg.(*Config)
@@ -64,18 +81,34 @@ type instance struct{ *Adapter }
 
 func (i instance) Hooks(scale float32) []model.Hook { return []model.Hook{i.Hook(scale)} }
 
+// Groups implements method.Instance: A, B (at PlusRatio times the
+// learning rate with LoRA+) and DoRA's magnitudes (without weight decay).
 func (i instance) Groups() ([]train.Group, error) {
-	params, err := i.Params()
-	if err != nil {
+	if _, err := i.Params(); err != nil {
 		return nil, err
 	}
-	return train.Groups(params...), nil
+	a := train.Group{Name: "lora_a"}
+	b := train.Group{Name: "lora_b", LRScale: i.cfg.PlusRatio}
+	var noDecay float64
+	m := train.Group{Name: "dora_m", WeightDecay: &noDecay}
+	for _, w := range i.weights {
+		a.Params = append(a.Params, w.A)
+		b.Params = append(b.Params, w.B)
+		if w.M != nil {
+			m.Params = append(m.Params, w.M)
+		}
+	}
+	groups := []train.Group{a, b}
+	if len(m.Params) > 0 {
+		groups = append(groups, m)
+	}
+	return groups, nil
 }
 
 func (i instance) MergesInto(name string) bool { return i.Weight(name) != nil }
 
 func (i instance) MergeInto(name string, ne []int64, vals []float32, scale float32) error {
-	return addDelta(vals, ne, i.Weight(name), scale*i.Scale())
+	return i.Weight(name).mergeInto(vals, ne, scale, i.Scale())
 }
 
 // AddFlags implements method.Config: --rank, --alpha, --dropout,
@@ -88,6 +121,10 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.Var((*layersFlag)(c), "layers", "blocks to adapt: all, a list such as 0,1,4-7, or last:N")
 	fs.StringVar((*string)(&c.Init), "init", string(c.Init), "initialisation of A: kaiming (PEFT's default) or gaussian (B starts at 0)")
 	fs.BoolVar(&c.RSLoRA, "rslora", c.RSLoRA, "rank-stabilised LoRA: scale by alpha/sqrt(r)")
+	if !c.DoRA {
+		fs.BoolVar(&c.DoRA, "dora", c.DoRA, "DoRA: also learn a magnitude per output row (the same as ggtune train dora)")
+	}
+	fs.Float64Var(&c.PlusRatio, "lora-plus-ratio", c.PlusRatio, "LoRA+: train B with this many times A's learning rate (the paper's default is 16; 0: off)")
 }
 
 // Resolve implements method.Config: it turns LastLayers into Layers for

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
 )
@@ -27,6 +28,7 @@ func GradCheck(t *testing.T, m *model.Model, hooks []model.Hook, params []*bindi
 	// With beta1 = beta2 = 0, no clipping and a huge eps, one AdamW step of
 	// rate 1e30 moves every parameter by exactly its gradient.
 	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30}
+	require.NoError(t, method.SetParams(params...))
 	e, err := train.NewEngine(finetune.GraphBuilder(m, hooks, 1), train.Groups(params...), m.Backend(), 2, 6, opt)
 	require.NoError(t, err)
 	defer e.Close()
