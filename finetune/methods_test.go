@@ -45,6 +45,7 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 		{"ptuning", 1e-3, 0.05, nil, ""},
 		{"ia3", 3e-2, 1.0, nil, ""},
 		{"dora", 3e-3, 0.8, nil, ""},
+		{"lntune", 1e-2, 1.0, nil, ""},
 		{"lora", 1e-3, 0.8, loraPlus, "lora+"},
 	}
 	for _, tc := range tests {

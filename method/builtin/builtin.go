@@ -6,6 +6,7 @@ package builtin
 import (
 	_ "github.com/ggtune/ggtune/full"       // full, head
 	_ "github.com/ggtune/ggtune/ia3"        // ia3
-	_ "github.com/ggtune/ggtune/lora"       // lora
+	_ "github.com/ggtune/ggtune/lntune"     // lntune
+	_ "github.com/ggtune/ggtune/lora"       // lora, dora
 	_ "github.com/ggtune/ggtune/prompttune" // prompt, prefix, ptuning
 )
