@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/bottleneck"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/lora"
@@ -28,6 +29,11 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 	loraPlus := func() method.Config {
 		c := lora.DefaultConfig()
 		c.PlusRatio = 16
+		return &c
+	}
+	pfeiffer := func() method.Config {
+		c := bottleneck.DefaultConfig()
+		c.Placement = bottleneck.Pfeiffer
 		return &c
 	}
 	tests := []struct {
@@ -46,6 +52,8 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 		{"ia3", 3e-2, 1.0, nil, ""},
 		{"dora", 3e-3, 0.8, nil, ""},
 		{"lntune", 1e-2, 1.0, nil, ""},
+		{"bottleneck", 3e-3, 1.2, nil, "houlsby"},
+		{"bottleneck", 3e-3, 1.2, pfeiffer, "pfeiffer"},
 		{"lora", 1e-3, 0.8, loraPlus, "lora+"},
 	}
 	for _, tc := range tests {

@@ -4,6 +4,7 @@
 package builtin
 
 import (
+	_ "github.com/ggtune/ggtune/bottleneck" // bottleneck
 	_ "github.com/ggtune/ggtune/full"       // full, head
 	_ "github.com/ggtune/ggtune/ia3"        // ia3
 	_ "github.com/ggtune/ggtune/lntune"     // lntune
