@@ -237,6 +237,44 @@ func TestCLI(t *testing.T) {
 		assert.Regexp(t, `^loss \d+\.\d+  perplexity \d+\.\d+  accuracy \d+\.\d+%  \(\d+ tokens\)\n$`, out)
 	})
 
+	t.Run("every method through --adapter and merge", func(t *testing.T) {
+		for _, tc := range []struct {
+			method    string
+			flags     []string
+			mergeable bool
+		}{
+			{"ia3", nil, true},
+			{"dora", nil, true},
+			{"lora", []string{"--dora", "--lora-plus-ratio", "16", "--lr", "2e-3"}, true},
+			{"lntune", nil, true},
+			{"bottleneck", []string{"--placement", "pfeiffer", "--bottleneck", "8"}, false},
+		} {
+			t.Run(tc.method, func(t *testing.T) {
+				out := filepath.Join(f.dir, tc.method+"-adapter.gguf")
+				mustGgtune(t, append([]string{"train", tc.method, "-m", f.model, "--data", f.train, "-o", out, "--steps", "10", "--ctx", "32",
+					"--lr", "3e-2", "-t", "2", "--metrics", "none", "--plot", "none"}, tc.flags...)...)
+				assert.Contains(t, mustGgtune(t, "info", out, "--no-tensors"), "method ")
+				g := generate(t, "-m", f.model, "--adapter", out, "-n", "12")
+				evalWith := func(args ...string) float64 {
+					var e evaluation
+					out := mustGgtune(t, append([]string{"eval", "-m", f.model, "--data", f.val, "--ctx", "32", "--max-batches", "2", "--json", "-t", "2"}, args...)...)
+					require.NoError(t, json.Unmarshal([]byte(out), &e))
+					return e.Loss
+				}
+				assert.Less(t, evalWith("--adapter", out), evalWith(), "the adapter lowers the held-out loss")
+				merged := filepath.Join(f.dir, tc.method+"-merged.gguf")
+				_, _, err := ggtune(t, "merge", "-m", f.model, "--adapter", out, "-o", merged, "--type", "f32")
+				if !tc.mergeable {
+					require.Error(t, err)
+					assert.Contains(t, err.Error(), "cannot be folded")
+					return
+				}
+				require.NoError(t, err)
+				assert.Equal(t, g.IDs, newLlama(t, merged, "", 0).greedy(t, g.PromptIDs, 12), "libllama on the merged file = our graph with the adapter")
+			})
+		}
+	})
+
 	t.Run("config equals flags", func(t *testing.T) {
 		flags := []string{"-m", f.model, "--data", f.train, "-o", adapter, "--steps", "7", "--lr", "0.003", "--targets", "q,v",
 			"--layers", "last:2", "--rslora", "--grad-accum", "2", "--val-split", "0.1", "--schedule", "linear", "--warmup", "2"}
