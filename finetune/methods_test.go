@@ -31,6 +31,13 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 		c.PlusRatio = 16
 		return &c
 	}
+	initWith := func(init lora.Init) func() method.Config {
+		return func() method.Config {
+			c := lora.DefaultConfig()
+			c.Init = init
+			return &c
+		}
+	}
 	pfeiffer := func() method.Config {
 		c := bottleneck.DefaultConfig()
 		c.Placement = bottleneck.Pfeiffer
@@ -55,6 +62,8 @@ func TestMethodsLowerHeldOutLoss(t *testing.T) {
 		{"bottleneck", 3e-3, 1.2, nil, "houlsby"},
 		{"bottleneck", 3e-3, 1.2, pfeiffer, "pfeiffer"},
 		{"lora", 1e-3, 0.8, loraPlus, "lora+"},
+		{"lora", 1e-3, 0.8, initWith(lora.InitPiSSA), "pissa"},
+		{"lora", 1e-3, 0.8, initWith(lora.InitOLoRA), "olora"},
 	}
 	for _, tc := range tests {
 		name := tc.method

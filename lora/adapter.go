@@ -21,6 +21,9 @@ type Weight struct {
 	A, B *binding.Tensor
 	// M is DoRA's magnitude [out] (nil without DoRA).
 	M *binding.Tensor
+	// A0 and B0 are the frozen initial factors of PiSSA and OLoRA (nil
+	// otherwise): the model runs W − s·B0·A0 + s·B·A.
+	A0, B0 *binding.Tensor
 	// base holds the base weight's F32 values for DoRA's row norms.
 	base []float32
 	// frozen, if set, holds DoRA's row norms fixed (see FreezeNorms).
@@ -136,6 +139,20 @@ func New(cfg Config, f *binding.GGUFFile, backend *binding.Backend) (*Adapter, e
 			return nil, err
 		}
 	}
+	if cfg.residual() {
+		if err := a.readBase(f); err != nil {
+			a.Close()
+			return nil, err
+		}
+		for _, w := range a.weights {
+			err := w.initResidual(cfg.Init, w.base, a.Scale())
+			w.base = nil
+			if err != nil {
+				a.Close()
+				return nil, fmt.Errorf("new lora: %w", err)
+			}
+		}
+	}
 	if cfg.DoRA {
 		if err := a.readBase(f); err != nil {
 			a.Close()
@@ -198,7 +215,7 @@ func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Ad
 	if len(slots) == 0 {
 		return nil, fmt.Errorf("new lora: %w: nothing to adapt", ErrConfig)
 	}
-	ctx, err := binding.NewGraphContext(3*len(slots)+4, 1, false)
+	ctx, err := binding.NewGraphContext(5*len(slots)+4, 1, false)
 	if err != nil {
 		return nil, fmt.Errorf("new lora: %w", err)
 	}
@@ -213,6 +230,10 @@ func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Ad
 		}
 		w.A.SetName(s.base + ".lora_a")
 		w.B.SetName(s.base + ".lora_b")
+		if cfg.residual() {
+			w.A0 = ctx.NewTensor(binding.TypeF32, s.aShape[0], s.aShape[1]).SetName(s.base + ".lora_a0")
+			w.B0 = ctx.NewTensor(binding.TypeF32, s.bShape[0], s.bShape[1]).SetName(s.base + ".lora_b0")
+		}
 		if cfg.DoRA {
 			w.M = ctx.NewTensor(binding.TypeF32, s.bShape[1]).SetName(s.base + ".dora_m")
 			if ctx.Err() != nil {
@@ -236,6 +257,9 @@ func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Ad
 // swapped: A zero and B normal; llama.cpp's file layout stores them so
 // that the same rule "one factor zero" keeps the adapter a no-op).
 func (a *Adapter) initWeight(w *Weight) error {
+	if a.cfg.residual() {
+		return nil // initResidual sets A and B from the base weight
+	}
 	h := fnv.New64a()
 	h.Write([]byte(w.Base))
 	rng := rand.New(rand.NewPCG(a.cfg.Seed, h.Sum64()))

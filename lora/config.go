@@ -155,8 +155,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: dropout %v must be in [0, 1)", ErrConfig, c.Dropout)
 	case len(c.Targets) == 0:
 		return fmt.Errorf("%w: no targets", ErrConfig)
-	case c.Init != InitKaiming && c.Init != InitGaussian && c.Init != "":
-		return fmt.Errorf("%w: init %q (want kaiming or gaussian)", ErrConfig, c.Init)
+	case c.Init != InitKaiming && c.Init != InitGaussian && c.Init != "" && !c.residual():
+		return fmt.Errorf("%w: init %q (want kaiming, gaussian, pissa or olora)", ErrConfig, c.Init)
+	case c.residual() && c.DoRA:
+		return fmt.Errorf("%w: %s initialisation does not combine with DoRA", ErrConfig, c.Init)
 	case c.PlusRatio < 0 || math.IsNaN(c.PlusRatio) || math.IsInf(c.PlusRatio, 0):
 		return fmt.Errorf("%w: LoRA+ ratio %v (want a positive number, or 0 for plain LoRA)", ErrConfig, c.PlusRatio)
 	}
@@ -164,8 +166,8 @@ func (c Config) Validate() error {
 		if _, ok := aliases[string(t)]; !ok {
 			return fmt.Errorf("%w: unknown target %q", ErrConfig, t)
 		}
-		if c.DoRA && aliases[string(t)] == TargetEmbed {
-			return fmt.Errorf("%w: DoRA does not adapt the token embedding (drop embed from the targets)", ErrConfig)
+		if (c.DoRA || c.residual()) && aliases[string(t)] == TargetEmbed {
+			return fmt.Errorf("%w: DoRA and PiSSA/OLoRA do not adapt the token embedding (drop embed from the targets)", ErrConfig)
 		}
 	}
 	for _, l := range c.Layers {

@@ -20,12 +20,22 @@ var ErrFormat = errors.New("invalid lora adapter file")
 // "adapter", adapter.type "lora", adapter.lora.alpha, tensors
 // <base>.lora_a/.lora_b in F32) with ggtune's settings in extra ggtune.*
 // keys and a.Meta. The file is written atomically.
+//
+// A PiSSA or OLoRA adapter is written as a plain LoRA of rank 2r for the
+// original base model (PEFT's conversion): W − s·B₀·A₀ + s·B·A =
+// W + s·[B, −B₀]·[A; A₀], so llama.cpp, ggtune merge and --adapter load it
+// on the unchanged base.
 func (a *Adapter) Save(path string) error {
 	w, err := binding.NewGGUFWriter(3 * len(a.weights))
 	if err != nil {
 		return fmt.Errorf("save lora %s: %w", path, err)
 	}
 	defer w.Close()
+	cfg := a.cfg
+	if cfg.residual() {
+		cfg.Rank *= 2
+		cfg.Alpha, cfg.RSLoRA = a.Scale()*float32(cfg.Rank), false
+	}
 	targets := make([]string, len(a.cfg.Targets))
 	for i, t := range a.cfg.Targets {
 		targets[i] = string(t)
@@ -38,17 +48,17 @@ func (a *Adapter) Save(path string) error {
 		{Key: "general.type", Value: "adapter"},
 		{Key: "general.architecture", Value: a.arch},
 		{Key: "adapter.type", Value: a.adapterType()},
-		{Key: "adapter.lora.alpha", Value: a.cfg.FileAlpha()},
+		{Key: "adapter.lora.alpha", Value: cfg.FileAlpha()},
 		{Key: "ggtune.format_version", Value: uint32(FormatVersion)},
-		{Key: "ggtune.lora.rank", Value: uint32(a.cfg.Rank)},
-		{Key: "ggtune.lora.alpha", Value: a.cfg.Alpha},
-		{Key: "ggtune.lora.rslora", Value: a.cfg.RSLoRA},
-		{Key: "ggtune.lora.dropout", Value: a.cfg.Dropout},
-		{Key: "ggtune.lora.init", Value: string(a.cfg.Init)},
-		{Key: "ggtune.lora.seed", Value: a.cfg.Seed},
+		{Key: "ggtune.lora.rank", Value: uint32(cfg.Rank)},
+		{Key: "ggtune.lora.alpha", Value: cfg.Alpha},
+		{Key: "ggtune.lora.rslora", Value: cfg.RSLoRA},
+		{Key: "ggtune.lora.dropout", Value: cfg.Dropout},
+		{Key: "ggtune.lora.init", Value: string(cfg.Init)},
+		{Key: "ggtune.lora.seed", Value: cfg.Seed},
 		{Key: "ggtune.lora.targets", Value: targets},
 		{Key: "ggtune.lora.layers", Value: layers},
-		{Key: "ggtune.lora.plus_ratio", Value: a.cfg.PlusRatio},
+		{Key: "ggtune.lora.plus_ratio", Value: cfg.PlusRatio},
 	}
 	for _, kv := range kvs {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
@@ -65,7 +75,7 @@ func (a *Adapter) Save(path string) error {
 	}
 	for _, p := range a.weights {
 		for _, t := range p.tensors() {
-			vals, err := t.Floats()
+			vals, err := p.fileValues(t)
 			if err != nil {
 				return fmt.Errorf("save lora %s: %w", path, err)
 			}
@@ -75,8 +85,13 @@ func (a *Adapter) Save(path string) error {
 				}
 			}
 			shape := []int64{t.Dim(0), t.Dim(1)}
-			if t == p.M {
+			switch {
+			case t == p.M:
 				shape = shape[:1]
+			case p.A0 != nil && t == p.A:
+				shape[1] *= 2
+			case p.A0 != nil:
+				shape[0] *= 2
 			}
 			if err := w.AddFloats(t.Name(), binding.TypeF32, shape, vals); err != nil {
 				return fmt.Errorf("save lora %s: %w", path, err)
@@ -87,6 +102,32 @@ func (a *Adapter) Save(path string) error {
 		return fmt.Errorf("save lora: %w", err)
 	}
 	return nil
+}
+
+// fileValues returns the values Save writes for t: its own, or for PiSSA
+// and OLoRA the rank-2r factors [A; A₀] ([in, 2r]) and [B, −B₀] ([2r, out]).
+func (p *Weight) fileValues(t *binding.Tensor) ([]float32, error) {
+	vals, err := t.Floats()
+	if err != nil || p.A0 == nil {
+		return vals, err
+	}
+	if t == p.A {
+		a0, err := p.A0.Floats()
+		return append(vals, a0...), err
+	}
+	b0, err := p.B0.Floats()
+	if err != nil {
+		return nil, err
+	}
+	r := int(p.B.Dim(0))
+	out := make([]float32, 0, 2*len(vals))
+	for o := 0; o < len(vals)/r; o++ {
+		out = append(out, vals[o*r:(o+1)*r]...)
+		for _, v := range b0[o*r : (o+1)*r] {
+			out = append(out, -v)
+		}
+	}
+	return out, nil
 }
 
 // adapterType is "dora" for DoRA adapters (which llama.cpp must not load

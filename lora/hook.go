@@ -29,6 +29,9 @@ func (h *hook) Project(b *model.Builder, layer int, p model.Proj, x, y *binding.
 	ctx := b.Ctx
 	x = b.Dropout(x, h.a.cfg.Dropout)
 	delta := ctx.MulMat(w.B, ctx.MulMat(w.A, x))
+	if w.A0 != nil {
+		delta = ctx.Sub(delta, ctx.MulMat(w.B0, ctx.MulMat(w.A0, x)))
+	}
 	if w.M == nil {
 		return ctx.Add(y, ctx.Scale(delta, h.scale))
 	}

@@ -82,6 +82,11 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 // weight values vals: W + u·s·B·A, or for DoRA (the hook's formula, with
 // the norms of the base weight) W + u·(m/‖W₀ + s·B·A‖ ⊙ (W + s·B·A) − W).
 func (p *Weight) mergeInto(vals []float32, shape []int64, u, s float32) error {
+	if p.A0 != nil {
+		if err := addDelta(vals, shape, &Weight{A: p.A0, B: p.B0}, -u*s); err != nil {
+			return err
+		}
+	}
 	if p.M == nil {
 		return addDelta(vals, shape, p, u*s)
 	}

@@ -119,7 +119,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.Float32Var(&c.Dropout, "dropout", c.Dropout, "dropout on the LoRA input during training")
 	fs.Var((*targetsFlag)(c), "targets", "adapted matrices: comma list of q,k,v,o,gate,up,down,output,embed (or q_proj,... names), or all-linear")
 	fs.Var((*layersFlag)(c), "layers", "blocks to adapt: all, a list such as 0,1,4-7, or last:N")
-	fs.StringVar((*string)(&c.Init), "init", string(c.Init), "initialisation of A: kaiming (PEFT's default) or gaussian (B starts at 0)")
+	fs.StringVar((*string)(&c.Init), "init", string(c.Init), "initialisation: kaiming (PEFT's default) or gaussian (A random, B = 0), or pissa or olora (A and B from the SVD or QR of W; saved as a rank-2r LoRA for the original base)")
 	fs.BoolVar(&c.RSLoRA, "rslora", c.RSLoRA, "rank-stabilised LoRA: scale by alpha/sqrt(r)")
 	if !c.DoRA {
 		fs.BoolVar(&c.DoRA, "dora", c.DoRA, "DoRA: also learn a magnitude per output row (the same as ggtune train dora)")

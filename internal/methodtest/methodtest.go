@@ -91,12 +91,25 @@ func GradCheck(t *testing.T, m *model.Model, hooks []model.Hook, params []*bindi
 // cache) and returns every position's logits.
 func LlamaLogits(t *testing.T, path string, tokens []int32) [][]float32 {
 	t.Helper()
+	return LlamaLogitsWithLoRA(t, path, "", 0, tokens)
+}
+
+// LlamaLogitsWithLoRA is LlamaLogits with libllama's LoRA adapter file
+// lora applied at scale (none when lora is "").
+func LlamaLogitsWithLoRA(t *testing.T, path, lora string, scale float32, tokens []int32) [][]float32 {
+	t.Helper()
 	lm, err := binding.LoadModel(path, binding.ModelParams{})
 	require.NoError(t, err)
 	defer lm.Close()
 	ctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
 	require.NoError(t, err)
 	defer ctx.Close()
+	if lora != "" {
+		ad, err := lm.LoadAdapter(lora)
+		require.NoError(t, err)
+		defer ad.Close()
+		require.NoError(t, ctx.SetAdapter(ad, scale))
+	}
 	require.NoError(t, ctx.Decode(tokens, 0, true))
 	out := make([][]float32, len(tokens))
 	for i := range tokens {
