@@ -66,9 +66,15 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 }
 
 // maxTransposeElems bounds the transposed copies that the OUT_PROD rewrite
-// makes (32M elements, 128 MiB of F32): larger products (a big vocabulary's
-// embedding matrix) keep ggml's OUT_PROD.
+// makes (32M elements, 128 MiB of F32) unless SetTransposeLimit says
+// otherwise: a larger frozen matrix (a big vocabulary's embedding) is
+// transposed in slices of 8M elements, one at a time.
 const maxTransposeElems = 32 << 20
+
+// SetTransposeLimit sets the largest matrix, in elements, that backward
+// passes built later transpose whole (0: the default, 32M); larger frozen
+// matrices are transposed in slices.
+func (g *Graph) SetTransposeLimit(elems int64) { g.transposeLimit = elems }
 
 // rewriteOutProd replaces the OUT_PROD nodes of the backward pass by faster
 // MUL_MAT nodes over transposed operands (see ggtune_rewrite_out_prod).
@@ -85,10 +91,14 @@ func (g *Graph) rewriteOutProd(gradCtx *Context) error {
 	if n == 0 {
 		return nil
 	}
-	if need := int64(2*n) * (TensorOverhead() + 64); gradCtx.FreeMem() < need || g.NumNodes()+2*n > g.size {
+	if need := int64(2*n+256) * (TensorOverhead() + 64); gradCtx.FreeMem() < need || g.NumNodes()+2*n > g.size {
 		return nil // no room: keep OUT_PROD
 	}
-	if C.ggtune_rewrite_out_prod(gradCtx.c, g.g, maxTransposeElems) < 0 {
+	limit := g.transposeLimit
+	if limit <= 0 {
+		limit = maxTransposeElems
+	}
+	if C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit)) < 0 {
 		return fmt.Errorf("build backward: %w: rewriting OUT_PROD", ErrOutOfMemory)
 	}
 	return nil

@@ -18,6 +18,8 @@ type Graph struct {
 	// plainOutProd keeps ggml's OUT_PROD nodes in backward passes (see
 	// SetPlainOutProd).
 	plainOutProd bool
+	// transposeLimit overrides maxTransposeElems (see SetTransposeLimit).
+	transposeLimit int64
 }
 
 // SetPlainOutProd controls how backward passes built later compute the

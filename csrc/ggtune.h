@@ -28,18 +28,20 @@ struct ggml_tensor * ggtune_xent(struct ggml_context * ctx, struct ggml_tensor *
 struct ggml_tensor * ggtune_view_f32(struct ggml_context * ctx, struct ggml_tensor * a, int64_t ne0, int64_t ne1, size_t nb1, size_t offset);
 
 // ggtune_transpose_f32 adds a custom op that writes the transpose of the
-// 2-D tensor a (F32, F16, BF16 or quantized; rows contiguous) as a
-// contiguous F32 [a.ne1, a.ne0] tensor, dequantizing block by block.
+// first two dimensions of the 3-D tensor a (F32, F16, BF16 or quantized;
+// rows contiguous) as a contiguous F32 [a.ne1, a.ne0, a.ne2] tensor,
+// dequantizing block by block.
 struct ggml_tensor * ggtune_transpose_f32(struct ggml_context * ctx, struct ggml_tensor * a);
 
-// ggtune_rewrite_out_prod replaces the 2-D OUT_PROD nodes of a backward
+// ggtune_rewrite_out_prod replaces the 2-D and 3-D OUT_PROD nodes of a backward
 // graph by MUL_MAT nodes over transposed operands (ggml's CPU OUT_PROD is
 // several times slower per FLOP than its MUL_MAT, which uses tiled GEMM
 // kernels): out_prod(a, b) = mul_mat(aᵀ, bᵀ), where the transpose of a
 // transposed view is its source and any other operand is transposed into a
-// new F32 tensor inserted before the node (at most max_elems elements, so
-// that no transpose of a whole embedding matrix is made). It returns the
-// number of nodes rewritten, or -1 when out of memory.
+// new F32 tensor inserted before the node, of at most max_elems elements: a
+// larger frozen matrix (a whole embedding) is transposed in slices of
+// max_elems/4 elements whose products are summed. It returns the number of
+// nodes rewritten, or -1 when out of memory.
 int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems);
 
 #ifdef __cplusplus
