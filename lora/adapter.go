@@ -296,20 +296,14 @@ func (a *Adapter) initWeight(w *Weight) error {
 // and B once and keeps them, instead of recomputing them before every
 // graph computation: for inference, where A and B no longer change, and
 // for checking gradients (the norms are not differentiated through). It
-// has no effect without DoRA. Call ThawNorms before training on.
+// has no effect without DoRA. An adapter with frozen norms must not train
+// further.
 func (a *Adapter) FreezeNorms() {
 	for _, w := range a.weights {
 		if w.M != nil {
 			w.frozen = nil
 			w.frozen = w.rowNorms(a.Scale())
 		}
-	}
-}
-
-// ThawNorms undoes FreezeNorms.
-func (a *Adapter) ThawNorms() {
-	for _, w := range a.weights {
-		w.frozen = nil
 	}
 }
 
@@ -343,17 +337,6 @@ func (a *Adapter) Params() ([]*binding.Tensor, error) {
 		}
 	}
 	return out, nil
-}
-
-// NumParams returns the number of trainable values.
-func (a *Adapter) NumParams() int64 {
-	var n int64
-	for _, w := range a.weights {
-		for _, t := range w.tensors() {
-			n += t.Elements()
-		}
-	}
-	return n
 }
 
 // tensors returns A, B and (with DoRA) M.
