@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -426,5 +428,20 @@ func TestParseScaled(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, scaledPath{tc.path, tc.scale}, got)
 		})
+	}
+}
+
+// TestTrainVerbsFromRegistry checks that `ggtune train` has one verb per
+// registered method, each with its default learning rate and own flags.
+func TestTrainVerbsFromRegistry(t *testing.T) {
+	help := mustGgtune(t, "train", "--help")
+	for _, m := range method.All() {
+		assert.Contains(t, help, m.Name(), "ggtune train --help lists %s", m.Name())
+		sub := mustGgtune(t, "train", m.Name(), "--help")
+		assert.Contains(t, sub, fmt.Sprintf("(default %g)", m.Info().LR), "%s: default learning rate", m.Name())
+	}
+	for verb, flag := range map[string]string{"lora": "--lora-plus-ratio", "dora": "--rank", "ia3": "--targets",
+		"bottleneck": "--placement", "head": "--train-layers", "ptuning": "--encoder"} {
+		assert.Contains(t, mustGgtune(t, "train", verb, "--help"), flag, "ggtune train %s has %s", verb, flag)
 	}
 }
