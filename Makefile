@@ -35,8 +35,9 @@ vet: deps
 test: deps
 	$(GO) test $(TESTFLAGS) ./...
 
-bench: deps
-	$(GO) run ./cmd/ggtune bench
+bench: bin/ggtune
+	./bin/ggtune bench
+	./bin/ggtune bench --train
 
 demo: bin/ggtune
 	./bin/ggtune demo

@@ -57,20 +57,23 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 		if len(pairs) == 0 {
 			continue
 		}
-		vals, err := base.ReadTensorFloats(ti.Name)
-		if err != nil {
-			return fmt.Errorf("merge: %w", err)
-		}
-		for _, s := range pairs {
-			if err := s.Adapter.Weight(ti.Name).mergeInto(vals, ti.Shape, s.Scale, s.Adapter.Scale()); err != nil {
-				return fmt.Errorf("merge %s: %w", ti.Name, err)
-			}
-		}
 		typ := ti.Type
 		if opts.Type != nil {
 			typ = *opts.Type
 		}
-		patches[ti.Name] = ggufpatch.Patch{Values: vals, Type: typ}
+		name, shape := ti.Name, ti.Shape
+		patches[ti.Name] = ggufpatch.Patch{Type: typ, Values: func() ([]float32, error) {
+			vals, err := base.ReadTensorFloats(name)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range pairs {
+				if err := s.Adapter.Weight(name).mergeInto(vals, shape, s.Scale, s.Adapter.Scale()); err != nil {
+					return nil, fmt.Errorf("merge %s: %w", name, err)
+				}
+			}
+			return vals, nil
+		}}
 	}
 	if err := ggufpatch.Write(basePath, outPath, patches, nil); err != nil {
 		return fmt.Errorf("merge: %w", err)

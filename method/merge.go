@@ -45,28 +45,33 @@ func Merge(basePath, outPath string, instances []Scaled, opts MergeOptions) erro
 	}
 	patches := map[string]ggufpatch.Patch{}
 	for _, ti := range base.Tensors() {
-		var vals []float32
+		var touching []int
 		for i, mg := range mergers {
-			if !mg.MergesInto(ti.Name) {
-				continue
-			}
-			if vals == nil {
-				if vals, err = base.ReadTensorFloats(ti.Name); err != nil {
-					return fmt.Errorf("merge: %w", err)
-				}
-			}
-			if err := mg.MergeInto(ti.Name, ti.Shape, vals, instances[i].Scale); err != nil {
-				return fmt.Errorf("merge %s into %s: %w", instances[i].Name, ti.Name, err)
+			if mg.MergesInto(ti.Name) {
+				touching = append(touching, i)
 			}
 		}
-		if vals == nil {
+		if len(touching) == 0 {
 			continue
 		}
 		typ := ti.Type
 		if opts.Type != nil {
 			typ = *opts.Type
 		}
-		patches[ti.Name] = ggufpatch.Patch{Values: vals, Type: typ}
+		name, shape := ti.Name, ti.Shape
+		// Values runs while the file is written, one tensor at a time.
+		patches[name] = ggufpatch.Patch{Type: typ, Values: func() ([]float32, error) {
+			vals, err := base.ReadTensorFloats(name)
+			if err != nil {
+				return nil, err
+			}
+			for _, i := range touching {
+				if err := mergers[i].MergeInto(name, shape, vals, instances[i].Scale); err != nil {
+					return nil, fmt.Errorf("merge %s into %s: %w", instances[i].Name, name, err)
+				}
+			}
+			return vals, nil
+		}}
 	}
 	if len(patches) == 0 {
 		return fmt.Errorf("merge: the adapters change no tensor of %s", basePath)
