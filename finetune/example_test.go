@@ -12,6 +12,7 @@ import (
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/prompttune"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -26,10 +27,11 @@ func ExampleRun_lora() {
 	}
 	defer os.RemoveAll(dir)
 	adapter := filepath.Join(dir, "lora.gguf")
+	loraCfg := lora.DefaultConfig()
 	rep, err := finetune.Run(ctx, finetune.Job{
-		Method: finetune.LoRA, Model: base, Data: filepath.Join(fixture.Dir(), "text", "tinyshakespeare.txt"),
+		Method: "lora", Model: base, Data: filepath.Join(fixture.Dir(), "text", "tinyshakespeare.txt"),
 		ValSplit: 0.02, Output: adapter, Context: 64, Batch: 4, Pack: true, Seed: 1, Threads: 1,
-		MaxValBatches: 4, LoRA: lora.DefaultConfig(),
+		MaxValBatches: 4, Config: &loraCfg,
 		Train: train.Config{Steps: 20, Optimizer: train.DefaultAdamW(),
 			Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-2}},
 	})
@@ -88,14 +90,14 @@ func ExampleRun_promptTuning() {
 	}
 	defer os.RemoveAll(dir)
 	job := finetune.Job{
-		Method: finetune.Prompt, Model: filepath.Join(fixture.Dir(), "models", "stories260K.gguf"),
+		Method: "prompt", Model: filepath.Join(fixture.Dir(), "models", "stories260K.gguf"),
 		Data: filepath.Join(fixture.Dir(), "text", "tinyshakespeare.txt"), ValSplit: 0.02,
 		Output: filepath.Join(dir, "prompt.gguf"), Context: 64, Batch: 4, Pack: true, Seed: 1, Threads: 1,
 		MaxValBatches: 4,
+		Config:        &prompttune.Config{Method: prompttune.PromptTuning, NumVirtual: 8, Init: prompttune.InitRandom},
 		Train: train.Config{Steps: 20, Optimizer: train.DefaultAdamW(),
 			Schedule: train.LRSchedule{Kind: train.Constant, LR: 3e-2}},
 	}
-	job.Prompt.NumVirtual = 8
 	rep, err := finetune.Run(context.Background(), job)
 	if err != nil {
 		log.Fatal(err)

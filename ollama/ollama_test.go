@@ -268,8 +268,8 @@ func TestOllama(t *testing.T) {
 	require.NoError(t, os.WriteFile(data, raw[:60000], 0o644))
 	adapter := filepath.Join(dir, "lora.gguf")
 	cfg := lora.DefaultConfig()
-	_, err = finetune.Run(context.Background(), finetune.Job{Method: finetune.LoRA, Model: base, Data: data, Output: adapter,
-		Context: 64, Batch: 4, Pack: true, Seed: 1, Threads: 1, LoRA: cfg,
+	_, err = finetune.Run(context.Background(), finetune.Job{Method: "lora", Model: base, Data: data, Output: adapter,
+		Context: 64, Batch: 4, Pack: true, Seed: 1, Threads: 1, Config: &cfg,
 		Train: train.Config{Steps: 30, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-2}}})
 	require.NoError(t, err)
 	merged := filepath.Join(dir, "merged.gguf")
