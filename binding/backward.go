@@ -61,7 +61,7 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 		return fmt.Errorf("build backward: %d of %d accumulated tensors are not nodes of the graph", len(byPtr)-found, len(byPtr))
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
-	g.protectInplaceBackward()
+	g.protectInplaceBackward(gradCtx)
 	return g.rewriteOutProd(gradCtx)
 }
 
@@ -92,25 +92,43 @@ func (g *Graph) rewriteOutProd(gradCtx *Context) error {
 		return nil
 	}
 	if need := int64(2*n+256) * (TensorOverhead() + 64); gradCtx.FreeMem() < need || g.NumNodes()+2*n > g.size {
-		return nil // no room: keep OUT_PROD
+		Logger().Debug("backward: no room to rewrite OUT_PROD", "out_prod", n, "nodes", g.NumNodes(), "size", g.size,
+			"free_bytes", gradCtx.FreeMem(), "need_bytes", need)
+		return nil
 	}
 	limit := g.transposeLimit
 	if limit <= 0 {
 		limit = maxTransposeElems
 	}
-	if C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit)) < 0 {
+	r := C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit))
+	if r < 0 {
 		return fmt.Errorf("build backward: %w: rewriting OUT_PROD", ErrOutOfMemory)
 	}
+	Logger().Debug("backward: OUT_PROD rewritten as MUL_MAT", "rewritten", int(r), "out_prod", n, "nodes", g.NumNodes())
 	return nil
 }
 
 // protectInplaceBackward works around ggml CPU kernels that read a source
 // after writing the destination: RMS_NORM_BACK and SOFT_MAX_BACK give wrong
 // gradients when the graph allocator places their result in place of one of
-// their operands (ggml-alloc lists both as in-place capable). Marking their
-// operands as outputs forbids that reuse; the cost is that those operands
-// stay allocated until the end of the graph.
-func (g *Graph) protectInplaceBackward() {
+// their operands (ggml-alloc lists both as in-place capable). Each operand
+// gets one more consumer right after the kernel (ggtune_protect_inplace), so
+// that it is still live there and freed right after; without room for those
+// nodes, the operands are marked as outputs instead (allocated to the end
+// of the graph, which costs the memory of every layer's attention scores).
+func (g *Graph) protectInplaceBackward(gradCtx *Context) {
+	n := 0
+	for i := 0; i < g.NumNodes(); i++ {
+		if op := C.ggml_graph_node(g.g, C.int(i)).op; op == C.GGML_OP_RMS_NORM_BACK || op == C.GGML_OP_SOFT_MAX_BACK {
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	if need := int64(6*n) * (TensorOverhead() + 64); gradCtx.FreeMem() >= need && C.ggtune_protect_inplace(gradCtx.c, g.g) >= 0 {
+		return
+	}
 	for i := 0; i < g.NumNodes(); i++ {
 		n := C.ggml_graph_node(g.g, C.int(i))
 		if n.op != C.GGML_OP_RMS_NORM_BACK && n.op != C.GGML_OP_SOFT_MAX_BACK {

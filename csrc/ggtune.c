@@ -245,3 +245,54 @@ int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * grap
     free(list);
     return rewritten;
 }
+
+int ggtune_protect_inplace(struct ggml_context * ctx, struct ggml_cgraph * graph) {
+    const int n = ggml_graph_n_nodes(graph);
+    const int cap = ggml_graph_size(graph);
+    struct ggml_tensor ** nodes = ggml_graph_nodes(graph);
+    int extra = 0;
+    for (int i = 0; i < n; i++) {
+        if (nodes[i]->op == GGML_OP_RMS_NORM_BACK || nodes[i]->op == GGML_OP_SOFT_MAX_BACK) {
+            for (int j = 0; j < GGML_MAX_SRC; j++) {
+                extra += nodes[i]->src[j] != NULL ? 2 : 0;
+            }
+        }
+    }
+    if (extra == 0) {
+        return 0;
+    }
+    if (n + extra > cap) {
+        return -1;
+    }
+    struct ggml_tensor ** list = malloc((size_t) (n + extra) * sizeof(*list));
+    if (list == NULL) {
+        return -1;
+    }
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        struct ggml_tensor * node = nodes[i];
+        list[m++] = node;
+        if (node->op != GGML_OP_RMS_NORM_BACK && node->op != GGML_OP_SOFT_MAX_BACK) {
+            continue;
+        }
+        for (int j = 0; j < GGML_MAX_SRC; j++) {
+            struct ggml_tensor * src = node->src[j];
+            if (src == NULL) {
+                continue;
+            }
+            struct ggml_tensor * v = ggml_view_1d(ctx, src, 1, 0);
+            struct ggml_tensor * d = ggml_scale(ctx, v, 1.0f);
+            list[m++] = v;
+            list[m++] = d;
+        }
+    }
+    for (int k = 0; k < m; k++) {
+        if (k < n) {
+            nodes[k] = list[k];
+        } else {
+            ggml_graph_add_node(graph, list[k]);
+        }
+    }
+    free(list);
+    return extra;
+}

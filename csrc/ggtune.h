@@ -44,6 +44,14 @@ struct ggml_tensor * ggtune_transpose_f32(struct ggml_context * ctx, struct ggml
 // nodes rewritten, or -1 when out of memory.
 int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems);
 
+// ggtune_protect_inplace works around ggml CPU kernels that read a source
+// after writing the destination (RMS_NORM_BACK, SOFT_MAX_BACK): the graph
+// allocator must not place their result in one of their operands. It gives
+// every such operand one more consumer, a one-element node right after the
+// kernel, so that the operand is still live there (and freed right after).
+// It returns the number of nodes added, or -1 without room in the graph.
+int ggtune_protect_inplace(struct ggml_context * ctx, struct ggml_cgraph * graph);
+
 #ifdef __cplusplus
 }
 #endif
