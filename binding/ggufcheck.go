@@ -119,6 +119,14 @@ func (s *ggufScanner) str(keep bool) (string, error) {
 // by the file size, value types, string and array lengths, the alignment
 // key, tensor names, dimensions, types, offsets and data ranges.
 func validateGGUF(path string) error {
+	// Stat before opening: opening a FIFO without a writer blocks forever.
+	before, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !before.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file (%v)", ErrNotRegular, path, before.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -131,12 +139,15 @@ func validateGGUF(path string) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%w: %s is not a regular file", ErrInvalidGGUF, path)
 	}
+	if !os.SameFile(st, before) {
+		return fmt.Errorf("%s changed while it was opened", path)
+	}
 	s := &ggufScanner{r: bufio.NewReaderSize(f, 1<<16), size: st.Size()}
 	if err := s.validate(); err != nil {
 		if errors.Is(err, errTruncated) {
 			return fmt.Errorf("%w: truncated at byte %d of %d", ErrInvalidGGUF, s.pos, s.size)
 		}
-		return fmt.Errorf("%w: %v (at byte %d)", ErrInvalidGGUF, err, s.pos)
+		return fmt.Errorf("%w: %w (at byte %d)", ErrInvalidGGUF, err, s.pos)
 	}
 	return nil
 }
@@ -219,6 +230,7 @@ func (s *ggufScanner) validate() error {
 	}
 	entries := make([]entry, 0, nt)
 	names := make(map[string]bool, nt)
+	vocabRows := map[string]int64{} // rows of the matrices indexed by token id
 	for i := uint64(0); i < nt; i++ {
 		name, err := s.str(true)
 		if err != nil {
@@ -275,6 +287,12 @@ func (s *ggufScanner) validate() error {
 			return fmt.Errorf("tensor %q of %v %v is larger than the file", name, typ, ne)
 		}
 		entries = append(entries, entry{name: name, offset: off, bytes: int64(nbytes)})
+		if (name == "token_embd.weight" || name == "output.weight") && nd == 2 {
+			vocabRows[name] = ne[1]
+		}
+	}
+	if err := checkVocabRows(kinds, tokens, vocabRows); err != nil {
+		return err
 	}
 	dataOffset := (s.pos + alignment - 1) / alignment * alignment
 	for _, e := range entries {
@@ -508,6 +526,23 @@ func checkHparams(kinds map[string]kvInfo) error {
 		case "none", "linear", "yarn", "longrope":
 		default:
 			return fmt.Errorf("%s.rope.scaling.type %q is not none, linear, yarn or longrope", arch, info.str)
+		}
+	}
+	return nil
+}
+
+// checkVocabRows checks that the token list has one entry per row of the
+// embedding and output matrices: a shorter list makes libllama index past
+// its end (std::out_of_range) when a sampled id is turned into text, and a
+// longer one lets the tokenizer produce ids the graph cannot embed.
+func checkVocabRows(kinds map[string]kvInfo, tokens []string, rows map[string]int64) error {
+	if _, ok := kinds["tokenizer.ggml.tokens"]; !ok {
+		return nil
+	}
+	for _, name := range []string{"token_embd.weight", "output.weight"} {
+		if n, ok := rows[name]; ok && n != int64(len(tokens)) {
+			return fmt.Errorf("%w: tokenizer.ggml.tokens has %d tokens but tensor %s has %d rows (one per token)",
+				ErrVocabMismatch, len(tokens), name, n)
 		}
 	}
 	return nil

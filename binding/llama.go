@@ -233,6 +233,9 @@ func NewLlamaContext(m *LlamaModel, p ContextParams) (*LlamaContext, error) {
 	if m == nil || m.m == nil {
 		return nil, fmt.Errorf("new llama context: model %w", ErrClosed)
 	}
+	if err := CheckThreads(p.Threads); err != nil {
+		return nil, fmt.Errorf("new llama context: %w", err)
+	}
 	cp := C.llama_context_default_params()
 	if p.NCtx <= 0 {
 		p.NCtx = 512
