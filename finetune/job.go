@@ -127,6 +127,12 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err := j.validate(); err != nil {
 		return nil, err
 	}
+	if j.Train.Checkpoint == "" {
+		j.Train.Checkpoint = j.Output + ".ckpt"
+	}
+	if err := j.checkFiles(j.Train); err != nil {
+		return nil, err
+	}
 	trainable, err := trainableWeights(j)
 	if err != nil {
 		return nil, err
@@ -177,18 +183,13 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	}
 	defer eng.Close()
 	cfg := j.Train
-	if cfg.Checkpoint == "" {
-		cfg.Checkpoint = j.Output + ".ckpt"
-	}
 	res, err := train.Run(ctx, eng, src, valBatches, cfg)
 	rep := &Report{Result: res, Output: j.Output, Params: meth.nvals, Examples: ds.Len(), ValBatches: len(valBatches)}
 	if err != nil {
 		return rep, err
 	}
-	if err := meth.save(j.Output); err != nil {
-		return rep, err
-	}
-	return rep, nil
+	rep.Output, err = saveResult(meth.save, j.Output, cfg.Checkpoint)
+	return rep, err
 }
 
 // newSource makes the endless, shuffled training stream.
