@@ -335,7 +335,7 @@ func TestInterruptAndResume(t *testing.T) {
 	assert.FileExists(t, out+".ckpt")
 	assert.NoFileExists(t, out)
 
-	mustGgtune(t, append(args, "--steps", "4", "--save-every", "2")...)
+	mustGgtune(t, append(args, "--steps", "4", "--save-every", "2", "--overwrite")...)
 	s := mustGgtune(t, append(args, "--steps", "6", "--resume", "--json")...)
 	var sum trainSummary
 	require.NoError(t, json.Unmarshal([]byte(s), &sum), s)

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -70,6 +70,8 @@ func newTrainCmd() *cobra.Command {
 			"  ggtune train prompt -m base.gguf --data qa.jsonl -o prompt.gguf --virtual-tokens 16 --init 'text:Answer the question'\n" +
 			"  ggtune train lora --config run.yaml --steps 50",
 		Args: cobra.ArbitraryArgs,
+		// An unknown method's flags must not hide that the method is unknown.
+		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return fmt.Errorf("train: %w: unknown method %q (want lora, full, head, prompt, prefix or ptuning)", errUsage, args[0])
@@ -100,7 +102,9 @@ type trainOpts struct {
 	threads                        int
 	evalEvery, earlyStop           int
 	saveEvery, maxValBatches       int
-	resume                         bool
+	resume, overwrite              bool
+	maxDataBytes                   int64
+	maxLineBytes                   int
 	metrics, plot                  string
 
 	noPack, trainOnPrompt, skipBad bool
@@ -160,6 +164,7 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 	f.IntVar(&o.maxValBatches, "max-val-batches", 0, "evaluate at most N validation batches (0: all)")
 	f.IntVar(&o.saveEvery, "save-every", 0, "write the checkpoint OUT.gguf.ckpt every N steps (0: only on Ctrl-C)")
 	f.BoolVar(&o.resume, "resume", false, "continue from the checkpoint OUT.gguf.ckpt (same flags, same result as an uninterrupted run)")
+	f.BoolVar(&o.overwrite, "overwrite", false, "start afresh even though the checkpoint OUT.gguf.ckpt exists (it is replaced)")
 	f.StringVar(&o.metrics, "metrics", "", "JSONL metrics file (default OUT.metrics.jsonl; none: off)")
 	f.StringVar(&o.plot, "plot", "", "loss-curve PNG (default OUT.loss.png; none: off)")
 
@@ -168,6 +173,8 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 	f.BoolVar(&o.trainOnPrompt, "train-on-prompt", false, "train on prompt and user tokens too, not only completions/assistant turns")
 	f.BoolVar(&o.skipBad, "skip-bad", false, "skip (and count) malformed records instead of failing")
 	f.StringVar(&o.chatTemplate, "chat-template", "", "chat template or built-in name such as chatml (default: the model's)")
+	f.Int64Var(&o.maxDataBytes, "max-data-bytes", data.DefaultMaxBytes, "refuse a data file longer than this many bytes")
+	f.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	f.IntVar(&o.stride, "stride", 0, "plain text: tokens between window starts (0: the window length, no overlap)")
 
 	switch mi.method {
@@ -275,7 +282,7 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 	case explicit("epochs") && explicit("steps"):
 		return j, fmt.Errorf("%w: --steps and --epochs are exclusive", errUsage)
 	case explicit("epochs"):
-		if !(o.epochs > 0) {
+		if !(o.epochs > 0) || math.IsInf(o.epochs, 0) {
 			return j, fmt.Errorf("%w: --epochs %v: want a positive number", errUsage, o.epochs)
 		}
 		steps = 0
@@ -319,18 +326,17 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 		return j, fmt.Errorf("%w: --format: %v", errUsage, err)
 	}
 	ckpt := o.output + ".ckpt"
-	if o.resume {
-		if _, err := os.Stat(ckpt); err != nil {
-			return j, fmt.Errorf("%w: --resume: no checkpoint %s (one is written on Ctrl-C and every --save-every steps)", errUsage, ckpt)
-		}
+	if err := checkResume(ckpt, o.resume, o.overwrite); err != nil {
+		return j, err
 	}
 	j = finetune.Job{
 		Method: method, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
 		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
-		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate},
+		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate,
+			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},
 		Train: train.Config{
 			Steps: steps, Epochs: o.epochs, GradAccum: o.gradAccum, Schedule: sched, Optimizer: opt,
-			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume,
+			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume, Overwrite: o.overwrite,
 			MetricsPath: sidePath(o.metrics, o.output, ".metrics.jsonl"), PlotPath: sidePath(o.plot, o.output, ".loss.png"),
 		},
 	}
@@ -514,7 +520,7 @@ func runTrain(cmd *cobra.Command, mi methodInfo, job finetune.Job, asJSON bool) 
 		select {
 		case <-ctx.Done():
 			fmt.Fprintln(stderr, "\nggtune: interrupted: stopping after the current step and writing the checkpoint (Ctrl-C again aborts at once)")
-			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			signal.Reset(stopSignals...)
 		case <-done:
 		}
 	}()
