@@ -261,8 +261,8 @@ func decodeSafetensors(b []byte) (map[string]stTensor, error) {
 		}
 		count := int64(1)
 		for _, d := range h.Shape {
-			if d < 0 {
-				return nil, fmt.Errorf("%w: tensor %s has shape %v", ErrFormat, name, h.Shape)
+			if d < 0 || (d > 0 && count > int64(len(data))/d) {
+				return nil, fmt.Errorf("%w: tensor %s has shape %v for %d bytes of data", ErrFormat, name, h.Shape, len(data))
 			}
 			count *= d
 		}
