@@ -1,10 +1,14 @@
 package finetune
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"time"
 
 	"github.com/ggtune/ggtune/internal/outguard"
 	"github.com/ggtune/ggtune/train"
@@ -53,4 +57,68 @@ func saveResult(save func(string) error, out, checkpoint string) (string, error)
 		}
 	}
 	return "", err
+}
+
+// settings returns the job's settings that exact resume depends on, for
+// train.Config.Settings: the method and its options, the shape of the
+// batches, the seed, and fingerprints of the model and data files.
+func (j *Job) settings() (map[string]string, error) {
+	s := map[string]string{
+		"method": string(j.Method), "seed": strconv.FormatUint(j.Seed, 10), "ctx": strconv.Itoa(j.Context),
+		"batch": strconv.Itoa(j.Batch), "pack": strconv.FormatBool(j.Pack), "val-split": strconv.FormatFloat(j.ValSplit, 'g', -1, 64),
+		"data-options": fmt.Sprintf("%+v", dataSettings(j)),
+	}
+	switch j.Method {
+	case LoRA:
+		s["lora"] = fmt.Sprintf("%+v", j.LoRA)
+	case Head:
+		s["train-layers"] = strconv.Itoa(j.TrainLayers)
+	case Prompt, Prefix, PTuning:
+		s["prompt"] = fmt.Sprintf("%+v", j.Prompt)
+	}
+	for key, path := range map[string]string{"model": j.Model, "data": j.Data, "val": j.Val, "init-from": j.InitFrom} {
+		if path == "" {
+			continue
+		}
+		fp, err := fingerprint(path, key != "model")
+		if err != nil {
+			return nil, err
+		}
+		s[key] = fp
+	}
+	return s, nil
+}
+
+// dataSettings is the part of the data options that shapes the batches.
+func dataSettings(j *Job) any {
+	o := j.DataOptions
+	return struct {
+		Format                               string
+		Stride                               int
+		TrainOnPrompt, SkipBad, ParseSpecial bool
+		ChatTemplate                         string
+	}{string(o.Format), o.Stride, o.TrainOnPrompt, o.SkipBad, o.ParseSpecial, o.ChatTemplate}
+}
+
+// fingerprint identifies a file's content: its size and SHA-256 (full), or
+// its size and modification time (for large inputs such as base models,
+// where hashing would cost seconds).
+func fingerprint(path string, full bool) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !full {
+		return fmt.Sprintf("%d bytes, modified %s", st.Size(), st.ModTime().UTC().Format(time.RFC3339Nano)), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("fingerprint %s: %w", path, err)
+	}
+	return fmt.Sprintf("%d bytes, sha256 %x", st.Size(), h.Sum(nil)), nil
 }

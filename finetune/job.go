@@ -133,6 +133,14 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err := j.checkFiles(j.Train); err != nil {
 		return nil, err
 	}
+	settings, err := j.settings()
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range j.Train.Settings {
+		settings[k] = v
+	}
+	j.Train.Settings = settings
 	trainable, err := trainableWeights(j)
 	if err != nil {
 		return nil, err

@@ -80,3 +80,27 @@ func TestRunDivergenceWritesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeRefusesChangedData: resuming on different data (or a changed
+// seed) silently continued; the checkpoint holds the data's fingerprint.
+func TestResumeRefusesChangedData(t *testing.T) {
+	j := baseJob(t, finetune.LoRA)
+	j.Train.Steps, j.Train.SaveEvery = 2, 2
+	_, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(j.Output))
+	b, err := os.ReadFile(j.Data)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(j.Data, append(b, "\nmore text\n"...), 0o644))
+	k := j
+	k.Train.Resume = true
+	_, err = finetune.Run(context.Background(), k)
+	require.ErrorIs(t, err, train.ErrResumeMismatch)
+	assert.Contains(t, err.Error(), "data was")
+	assert.NoFileExists(t, j.Output)
+	k.Seed = 7
+	k.Train.ResumeChanged = []string{"data"}
+	_, err = finetune.Run(context.Background(), k)
+	require.ErrorIs(t, err, train.ErrResumeMismatch)
+	assert.Contains(t, err.Error(), "seed was")
+}

@@ -9,6 +9,9 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"sort"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/ggtune/ggtune/internal/atomicfile"
@@ -100,3 +103,58 @@ func (w *metricsFile) close() error {
 
 // finite reports whether v is neither NaN nor infinite.
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// ErrResumeMismatch reports a resumed run whose settings differ from its
+// checkpoint's in a way that breaks exact resume.
+var ErrResumeMismatch = errors.New("the settings differ from the checkpoint's")
+
+// settings returns the effective settings that exact resume depends on:
+// the loop's own and cfg.Settings (the caller's: data, model, method).
+func (cfg Config) settings(total int) map[string]string {
+	g := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	s := map[string]string{
+		"steps": strconv.Itoa(total), "grad-accum": strconv.Itoa(cfg.GradAccum),
+		"schedule": string(cfg.Schedule.Kind), "lr": g(cfg.Schedule.LR), "min-lr": g(cfg.Schedule.MinLR),
+		"warmup": strconv.Itoa(cfg.Schedule.Warmup), "beta1": g(cfg.Optimizer.Beta1), "beta2": g(cfg.Optimizer.Beta2),
+		"eps": g(cfg.Optimizer.Eps), "weight-decay": g(cfg.Optimizer.WeightDecay), "max-grad-norm": g(cfg.Optimizer.MaxGradNorm),
+		"eval-every": strconv.Itoa(cfg.EvalEvery), "early-stop": strconv.Itoa(cfg.EarlyStop),
+	}
+	for k, v := range cfg.Settings {
+		s[k] = v
+	}
+	return s
+}
+
+// checkSettings compares the settings of a resumed run with its
+// checkpoint's; a difference not named in allowed is an error naming the
+// settings. A checkpoint without settings (an older file) is accepted.
+func checkSettings(saved, now map[string]string, allowed []string) error {
+	if len(saved) == 0 {
+		return nil
+	}
+	ok := map[string]bool{}
+	for _, a := range allowed {
+		ok[a] = true
+	}
+	var diffs []string
+	keys := make([]string, 0, len(now))
+	for k := range now {
+		keys = append(keys, k)
+	}
+	for k := range saved {
+		if _, in := now[k]; !in {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if saved[k] != now[k] && !ok[k] {
+			diffs = append(diffs, fmt.Sprintf("%s was %q, now %q", k, saved[k], now[k]))
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("%w: %s (the result would differ from an uninterrupted run; name the settings you mean to change in Config.ResumeChanged, --resume-changed on the command line)",
+			ErrResumeMismatch, strings.Join(diffs, ", "))
+	}
+	return nil
+}

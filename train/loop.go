@@ -43,9 +43,16 @@ type Config struct {
 	Resume     bool // continue from Checkpoint if it exists
 	// Overwrite lets a fresh run (Resume false) replace an existing
 	// Checkpoint; without it that is ErrCheckpointExists.
-	Overwrite   bool
-	MetricsPath string // JSONL metrics, one object per step and evaluation
-	PlotPath    string // loss-curve PNG written at the end
+	Overwrite bool
+	// Settings are the caller's settings that exact resume depends on (the
+	// model, the data's fingerprint, the method's options), saved in the
+	// checkpoint with the loop's own (steps, learning rate, optimizer ...).
+	// A resumed run whose settings differ is ErrResumeMismatch, unless each
+	// differing key is in ResumeChanged.
+	Settings      map[string]string
+	ResumeChanged []string
+	MetricsPath   string // JSONL metrics, one object per step and evaluation
+	PlotPath      string // loss-curve PNG written at the end
 
 	// Progress receives a progress bar (on a terminal) or plain lines.
 	Progress io.Writer
@@ -162,6 +169,9 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 			if err != nil {
 				return res, fmt.Errorf("train: resume: %w", err)
 			}
+			if err := checkSettings(loaded.Settings, cfg.settings(total), cfg.ResumeChanged); err != nil {
+				return res, fmt.Errorf("train: resume %s: %w", cfg.Checkpoint, err)
+			}
 			if err := src.Seek(loaded.Position); err != nil {
 				return res, fmt.Errorf("train: resume: %w", err)
 			}
@@ -209,7 +219,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		if cfg.Checkpoint == "" {
 			return nil
 		}
-		ck.Step, ck.Position = e.StepCount(), src.Position()
+		ck.Step, ck.Position, ck.Settings = e.StepCount(), src.Position(), cfg.settings(total)
 		if err := e.SaveCheckpoint(cfg.Checkpoint, ck); err != nil {
 			return err
 		}

@@ -183,3 +183,46 @@ func TestRunStopsOnDivergence(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeRefusesChangedSettings: --resume silently accepted a changed
+// learning rate, step count or seed; each breaks exact resume and is an
+// error naming it unless it is declared in ResumeChanged.
+func TestResumeRefusesChangedSettings(t *testing.T) {
+	be := cpu(t)
+	ck := filepath.Join(t.TempDir(), "ck.gguf")
+	cfg := train.Config{Steps: 4, SaveEvery: 2, Checkpoint: ck, Optimizer: train.DefaultAdamW(),
+		Schedule: train.LRSchedule{Kind: train.Cosine, LR: 0.05}, Settings: map[string]string{"seed": "1"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := cfg
+	a.OnMetrics = func(m train.Metrics) {
+		if m.Step == 2 {
+			cancel()
+		}
+	}
+	_, err := train.Run(ctx, newRunEngine(t, be), markovSource(3), nil, a)
+	require.ErrorIs(t, err, train.ErrInterrupted)
+	for _, c := range []struct {
+		name string
+		edit func(*train.Config)
+		want string
+	}{
+		{"lr", func(c *train.Config) { c.Schedule.LR = 0.01 }, `lr was "0.05", now "0.01"`},
+		{"steps", func(c *train.Config) { c.Steps = 8 }, `steps was "4", now "8"`},
+		{"seed", func(c *train.Config) { c.Settings = map[string]string{"seed": "2"} }, `seed was "1", now "2"`},
+		{"optimizer", func(c *train.Config) { c.Optimizer.WeightDecay = 0.1 }, "weight-decay"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := cfg
+			b.Resume = true
+			c.edit(&b)
+			_, err := train.Run(context.Background(), newRunEngine(t, be), markovSource(3), nil, b)
+			require.ErrorIs(t, err, train.ErrResumeMismatch)
+			assert.Contains(t, err.Error(), c.want)
+		})
+	}
+	b := cfg
+	b.Resume, b.Steps, b.ResumeChanged = true, 6, []string{"steps"}
+	res, err := train.Run(context.Background(), newRunEngine(t, be), markovSource(3), nil, b)
+	require.NoError(t, err, "a declared change is accepted")
+	assert.Equal(t, 6, res.Steps)
+}
