@@ -2,6 +2,7 @@ package binding
 
 // #include <stdlib.h>
 // #include "ggml.h"
+// #include "ggtune.h"
 import "C"
 
 import (
@@ -61,6 +62,45 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
 	g.protectInplaceBackward()
+	return g.rewriteOutProd(gradCtx)
+}
+
+// maxTransposeElems bounds the transposed copies that the OUT_PROD rewrite
+// makes (32M elements, 128 MiB of F32) unless SetTransposeLimit says
+// otherwise: a larger frozen matrix (a big vocabulary's embedding) is
+// transposed in slices of 8M elements, one at a time.
+const maxTransposeElems = 32 << 20
+
+// SetTransposeLimit sets the largest matrix, in elements, that backward
+// passes built later transpose whole (0: the default, 32M); larger frozen
+// matrices are transposed in slices.
+func (g *Graph) SetTransposeLimit(elems int64) { g.transposeLimit = elems }
+
+// rewriteOutProd replaces the OUT_PROD nodes of the backward pass by faster
+// MUL_MAT nodes over transposed operands (see ggtune_rewrite_out_prod).
+func (g *Graph) rewriteOutProd(gradCtx *Context) error {
+	if g.plainOutProd {
+		return nil
+	}
+	n := 0
+	for i := 0; i < g.NumNodes(); i++ {
+		if C.ggml_graph_node(g.g, C.int(i)).op == C.GGML_OP_OUT_PROD {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if need := int64(2*n+256) * (TensorOverhead() + 64); gradCtx.FreeMem() < need || g.NumNodes()+2*n > g.size {
+		return nil // no room: keep OUT_PROD
+	}
+	limit := g.transposeLimit
+	if limit <= 0 {
+		limit = maxTransposeElems
+	}
+	if C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit)) < 0 {
+		return fmt.Errorf("build backward: %w: rewriting OUT_PROD", ErrOutOfMemory)
+	}
 	return nil
 }
 

@@ -15,7 +15,19 @@ type Graph struct {
 	size  int
 	grads bool
 	seen  map[*C.struct_ggml_tensor]bool // tensors added so far (nodes and leafs)
+	// plainOutProd keeps ggml's OUT_PROD nodes in backward passes (see
+	// SetPlainOutProd).
+	plainOutProd bool
+	// transposeLimit overrides maxTransposeElems (see SetTransposeLimit).
+	transposeLimit int64
 }
+
+// SetPlainOutProd controls how backward passes built later compute the
+// gradients of matrix products. By default ggtune rewrites ggml's 2-D
+// OUT_PROD nodes (slow on the CPU) into MUL_MAT over transposed operands,
+// transposing frozen weights (dequantized to F32) one at a time; plain
+// keeps ggml's OUT_PROD, for comparison.
+func (g *Graph) SetPlainOutProd(plain bool) { g.plainOutProd = plain }
 
 // NewGraph creates a graph with room for size nodes; grads enables
 // gradients (needed for BuildBackward).
@@ -637,7 +649,7 @@ func (g *Graph) BuildBackward(gradCtx *Context) error {
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, (**C.struct_ggml_tensor)(unsafe.Pointer(nil)))
 	g.protectInplaceBackward()
-	return nil
+	return g.rewriteOutProd(gradCtx)
 }
 
 // Grad returns the gradient of the loss with respect to t, or nil.

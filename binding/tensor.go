@@ -377,3 +377,7 @@ func (t *Tensor) Src(i int) *Tensor {
 	}
 	return &Tensor{t: t.t.src[i], ctx: t.ctx}
 }
+
+// Op returns the name of the operation that computes t ("NONE" for a leaf),
+// as ggml spells it, for example "MUL_MAT".
+func (t *Tensor) Op() string { return C.GoString(C.ggml_op_name(t.t.op)) }

@@ -180,19 +180,16 @@ type Engine struct {
 	lossTokens  int     // loss tokens since the last step
 }
 
-// lossInputs are the graph tensors of the masked cross-entropy loss.
-//
-// ggml's fused cross entropy assumes every label row sums to one, so a
-// zero label row would still pull gradient into its logits. Ignored
-// positions instead get their logits multiplied by zero and a uniform
-// label row: their loss is the constant log(vocab), removed by offset, and
-// no gradient flows into them.
+// lossInputs are the graph tensors of the masked cross-entropy loss,
+// computed from integer targets by binding's fused kernel: no one-hot
+// labels, and the accuracy counted in the graph.
 type lossInputs struct {
-	labels *binding.Tensor // one-hot targets [vocab, B*T], uniform where ignored
-	mask   *binding.Tensor // 1 where a target exists, else 0: [1, B*T]
-	factor *binding.Tensor // B*T: ggml's loss is a mean over positions
-	offset *binding.Tensor // -ignored·log(vocab)
-	loss   *binding.Tensor
+	targets *binding.Tensor // I32 [B*T], -1 where no loss is taken
+	lossSum *binding.Tensor // Σ loss over the loss tokens
+	correct *binding.Tensor // loss tokens whose argmax is the target
+	// loss is what the backward pass differentiates (training graphs):
+	// Σ logits ⊙ stopgrad(∂lossSum/∂logits), whose gradient is that of lossSum.
+	loss *binding.Tensor
 }
 
 // defaultGraphSize is the node capacity of the forward graph when the
@@ -284,25 +281,26 @@ func (e *Engine) initState() error {
 	return e.seed.SetFloats([]float32{1})
 }
 
-// buildLoss adds the masked mean cross-entropy over the logits.
-func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward) lossInputs {
+// buildLoss adds the summed cross entropy over the logits.
+func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) lossInputs {
 	n := int64(e.b * e.t)
 	logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
-	in := lossInputs{
-		labels: ctx.NewTensor(binding.TypeF32, int64(e.vocab), n),
-		mask:   ctx.NewTensor(binding.TypeF32, 1, n),
-		factor: ctx.NewTensor(binding.TypeF32, 1),
-		offset: ctx.NewTensor(binding.TypeF32, 1),
+	in := lossInputs{targets: ctx.NewTensor(binding.TypeI32, n)}
+	if ctx.Err() != nil {
+		return in
+	}
+	in.targets.SetName("targets").SetInput()
+	ce := ctx.SparseCrossEntropy(logits, in.targets)
+	in.lossSum = ctx.Sum(ce.Loss)
+	in.correct = ctx.Sum(ce.Correct)
+	if training {
+		in.loss = ctx.Sum(ctx.Mul(logits, ce.Grad))
 	}
 	if ctx.Err() != nil {
 		return in
 	}
-	in.labels.SetName("labels").SetInput()
-	in.mask.SetName("loss_mask").SetInput()
-	in.factor.SetName("loss_factor").SetInput()
-	in.offset.SetName("loss_offset").SetInput()
-	ce := ctx.CrossEntropyLoss(ctx.Mul(logits, in.mask), in.labels)
-	in.loss = ctx.Add(ctx.Mul(ce, in.factor), in.offset)
+	in.lossSum.SetName("loss_sum").SetOutput()
+	in.correct.SetName("correct").SetOutput()
 	if in.loss != nil {
 		in.loss.SetName("loss").SetOutput()
 	}
@@ -319,7 +317,7 @@ func (e *Engine) buildTrain(builder Builder) error {
 	if e.trainFwd, err = builder.BuildForward(ctx, e.b, e.t, true); err != nil {
 		return fmt.Errorf("new engine: training graph: %w", err)
 	}
-	e.trainIn = e.buildLoss(ctx, e.trainFwd)
+	e.trainIn = e.buildLoss(ctx, e.trainFwd, true)
 	if ctx.Err() != nil {
 		return fmt.Errorf("new engine: training loss: %w", ctx.Err())
 	}
@@ -329,8 +327,10 @@ func (e *Engine) buildTrain(builder Builder) error {
 	if e.trainGraph, err = ctx.NewGraph(size, true); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	if err := e.trainGraph.BuildForward(e.trainIn.loss); err != nil {
-		return fmt.Errorf("new engine: %w", err)
+	for _, t := range []*binding.Tensor{e.trainIn.lossSum, e.trainIn.loss} {
+		if err := e.trainGraph.BuildForward(t); err != nil {
+			return fmt.Errorf("new engine: %w", err)
+		}
 	}
 	accs := map[*binding.Tensor]*binding.Tensor{e.trainIn.loss: e.seed}
 	for i, p := range e.params {
@@ -358,16 +358,17 @@ func (e *Engine) buildEval(builder Builder) error {
 	if e.evalFwd, err = builder.BuildForward(ctx, e.b, e.t, false); err != nil {
 		return fmt.Errorf("new engine: evaluation graph: %w", err)
 	}
-	e.evalIn = e.buildLoss(ctx, e.evalFwd)
+	e.evalIn = e.buildLoss(ctx, e.evalFwd, false)
 	if ctx.Err() != nil {
 		return fmt.Errorf("new engine: evaluation loss: %w", ctx.Err())
 	}
-	e.evalFwd.Logits().SetOutput()
 	if e.evalGraph, err = ctx.NewGraph(size, false); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	if err := e.evalGraph.BuildForward(e.evalIn.loss); err != nil {
-		return fmt.Errorf("new engine: %w", err)
+	for _, t := range []*binding.Tensor{e.evalIn.lossSum, e.evalIn.correct} {
+		if err := e.evalGraph.BuildForward(t); err != nil {
+			return fmt.Errorf("new engine: %w", err)
+		}
 	}
 	if e.evalAlloc, err = e.backend.NewAllocator(); err != nil {
 		return fmt.Errorf("new engine: %w", err)
@@ -466,35 +467,8 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 	if err := fwd.SetBatch(batch.Tokens, segs); err != nil {
 		return 0, err
 	}
-	n := len(batch.Targets)
-	onehot := make([]float32, e.vocab*n)
-	mask := make([]float32, n)
-	uniform := 1 / float32(e.vocab)
-	for i, t := range batch.Targets {
-		row := onehot[i*e.vocab : (i+1)*e.vocab]
-		if t >= 0 {
-			row[t] = 1
-			mask[i] = 1
-			continue
-		}
-		for j := range row {
-			row[j] = uniform
-		}
-	}
-	ignored := float64(n - ntok)
-	offset := -ignored * math.Log(float64(e.vocab))
-	for _, set := range []struct {
-		t *binding.Tensor
-		v []float32
-	}{
-		{in.labels, onehot},
-		{in.mask, mask},
-		{in.factor, []float32{float32(n)}},
-		{in.offset, []float32{float32(offset)}},
-	} {
-		if err := set.t.SetFloats(set.v); err != nil {
-			return 0, err
-		}
+	if err := in.targets.SetInts(batch.Targets); err != nil {
+		return 0, err
 	}
 	return ntok, nil
 }
@@ -517,7 +491,7 @@ func (e *Engine) Accumulate(batch Batch) (float64, error) {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
 	e.accumulated++
-	v, err := e.trainIn.loss.Floats()
+	v, err := e.trainIn.lossSum.Floats()
 	if err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
@@ -618,30 +592,15 @@ func (e *Engine) Eval(batch Batch) (EvalResult, error) {
 	if err := e.backend.Compute(e.evalGraph); err != nil {
 		return EvalResult{}, fmt.Errorf("eval: %w", err)
 	}
-	lv, err := e.evalIn.loss.Floats()
+	lv, err := e.evalIn.lossSum.Floats()
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("eval: %w", err)
 	}
-	logits, err := e.evalFwd.Logits().Floats()
+	cv, err := e.evalIn.correct.Floats()
 	if err != nil {
 		return EvalResult{}, fmt.Errorf("eval: %w", err)
 	}
-	res := EvalResult{LossSum: float64(lv[0]), Tokens: ntok}
-	for i, t := range batch.Targets {
-		if t < 0 {
-			continue
-		}
-		row := logits[i*e.vocab : (i+1)*e.vocab]
-		best := 0
-		for j, v := range row {
-			if v > row[best] {
-				best = j
-			}
-		}
-		if best == int(t) {
-			res.Correct++
-		}
-	}
+	res := EvalResult{LossSum: float64(lv[0]), Tokens: ntok, Correct: int(cv[0] + 0.5)}
 	return res, nil
 }
 

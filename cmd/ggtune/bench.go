@@ -26,9 +26,13 @@ type benchOpts struct {
 
 func newBenchCmd() *cobra.Command {
 	var (
-		models []string
-		o      benchOpts
-		noRand bool
+		models  []string
+		o       benchOpts
+		noRand  bool
+		doTrain bool
+		asJSON  bool
+		to      trainBenchOpts
+		shapes  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [-m MODEL ...]",
@@ -41,6 +45,13 @@ func newBenchCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
+			to.threads = o.threads
+			if doTrain {
+				return benchTrain(out, models, shapes, asJSON, o, to)
+			}
+			if asJSON {
+				return fmt.Errorf("--json needs --train")
+			}
 			if len(models) == 0 {
 				if p := filepath.Join(fixture.Dir(), "models", "stories260K.gguf"); fileExists(p) {
 					models = append(models, p)
@@ -85,6 +96,14 @@ func newBenchCmd() *cobra.Command {
 	f.IntVarP(&o.tg, "n-gen", "n", 64, "generated tokens")
 	f.IntVarP(&o.reps, "repetitions", "r", 5, "runs of each test (the best counts)")
 	f.BoolVar(&noRand, "no-random", false, "without -m: skip the random 86M models")
+	f.BoolVar(&doTrain, "train", false, "benchmark training: tokens/s, peak RSS and efficiency against libllama's prompt eval per method")
+	f.BoolVar(&asJSON, "json", false, "with --train and one -m: print one JSON object")
+	f.IntVar(&to.ctx, "ctx", 256, "with --train: tokens per sequence")
+	f.IntVar(&to.batch, "batch", 1, "with --train: sequences per step")
+	f.IntVar(&to.steps, "steps", 5, "with --train: optimizer steps per measurement (the first is a warm-up)")
+	f.StringSliceVar(&to.methods, "methods", []string{"lora", "full", "prompt", "prefix"}, "with --train: methods to measure")
+	f.IntSliceVar(&to.sweep, "sweep", []int{128, 256, 512, 1024}, "with --train: contexts of the LoRA context sweep (empty: none)")
+	f.StringSliceVar(&shapes, "shapes", []string{"86M", "541M"}, "with --train and no -m: random model shapes to generate (86M, 541M)")
 	return cmd
 }
 

@@ -1,0 +1,328 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/randmodel"
+	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/prompttune"
+	"github.com/ggtune/ggtune/train"
+)
+
+func init() { register(newBenchWorkerCmd) }
+
+// trainMethods are the methods the training benchmark runs, with the cost
+// of one training token in multiples of N FLOPs (N parameters): forward 2N,
+// input gradients 2N, weight gradients 2N.
+var benchMethods = []struct {
+	name  string
+	flops float64
+}{{"lora", 4}, {"full", 6}, {"prompt", 4}, {"prefix", 4}}
+
+// trainStat is one method's measurement.
+type trainStat struct {
+	TokS       float64 `json:"tok_s"`
+	PeakRSS    int64   `json:"peak_rss_bytes"`
+	Efficiency float64 `json:"efficiency"`
+}
+
+// trainBenchOpts configures the training benchmark.
+type trainBenchOpts struct {
+	ctx, batch, threads, steps int
+	methods                    []string
+	sweep                      []int // contexts of the LoRA sweep
+}
+
+// benchModelSpec is a random model the training benchmark generates.
+type benchModelSpec struct {
+	name string
+	opts randmodel.Options
+}
+
+// defaultTrainModels are the real-shape random models of the training
+// benchmark: the 86M llama and a 541M qwen2-shaped model with a 102,400-token
+// vocabulary, each F32 and Q8_0.
+func defaultTrainModels() []benchModelSpec {
+	var out []benchModelSpec
+	for _, typ := range []binding.Type{binding.TypeF32, binding.TypeQ8_0} {
+		out = append(out,
+			benchModelSpec{fmt.Sprintf("llama-86M-%v", typ), randmodel.Options{NEmbd: 768, NLayer: 12, NHead: 12, NFF: 2048, NVocab: 512, Type: typ, Seed: 1}},
+			benchModelSpec{fmt.Sprintf("qwen2-541M-%v", typ), randmodel.Options{Arch: "qwen2", NEmbd: 896, NLayer: 24, NHead: 14, NHeadKV: 2,
+				NFF: 4864, NVocab: 102400, Type: typ, Seed: 1}})
+	}
+	return out
+}
+
+// benchText writes random text over the model's synthetic vocabulary, enough
+// for the benchmark's steps.
+func benchText(path string, tokens int) error {
+	letters := "etaoinshrdlcumwfgypbvkjxqz"
+	r := rand.New(rand.NewPCG(3, 4))
+	var b strings.Builder
+	for b.Len() < 4*tokens {
+		n := 1 + r.IntN(6)
+		for i := 0; i < n; i++ {
+			b.WriteByte(letters[r.IntN(len(letters))])
+		}
+		b.WriteByte(' ')
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// runTrainWorker measures one method in a child process (so that its peak
+// RSS is its own) and returns its tokens/s and peak RSS.
+func runTrainWorker(modelPath, dataPath, method string, ctxLen int, o trainBenchOpts) (trainStat, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return trainStat{}, err
+	}
+	args := []string{"bench-worker", "-m", modelPath, "--data", dataPath, "--method", method,
+		"--ctx", fmt.Sprint(ctxLen), "--batch", fmt.Sprint(o.batch), "-t", fmt.Sprint(o.threads), "--steps", fmt.Sprint(o.steps)}
+	cmd := exec.Command(exe, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return trainStat{}, fmt.Errorf("%s on %s: %w", method, filepath.Base(modelPath), err)
+	}
+	var st trainStat
+	if err := json.Unmarshal(out, &st); err != nil {
+		return trainStat{}, fmt.Errorf("%s on %s: worker output %q: %w", method, filepath.Base(modelPath), out, err)
+	}
+	return st, nil
+}
+
+// peakRSS returns this process's peak resident set size (VmHWM; the
+// rusage of a child would include the parent's at fork time).
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		var ru syscall.Rusage
+		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+			return ru.Maxrss * 1024
+		}
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// newBenchWorkerCmd is the hidden child of `bench --train`: it trains a few
+// steps of one method and prints the median tokens/s after a warm-up.
+func newBenchWorkerCmd() *cobra.Command {
+	var (
+		modelPath, dataPath, method string
+		ctxLen, batch, threads      int
+		steps                       int
+	)
+	cmd := &cobra.Command{
+		Use:    "bench-worker",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := os.MkdirTemp("", "ggtune-bench-worker-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			var rates []float64
+			meth, err := finetune.ParseMethod(method)
+			if err != nil {
+				return err
+			}
+			j := finetune.Job{Method: meth, Model: modelPath, Data: dataPath, Output: filepath.Join(dir, "out.gguf"),
+				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1, LoRA: lora.DefaultConfig(),
+				Train: train.Config{Steps: steps, GradAccum: 1, Optimizer: train.DefaultAdamW(),
+					Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-5}, Progress: io.Discard,
+					OnMetrics: func(m train.Metrics) {
+						if m.Kind == "train" {
+							rates = append(rates, m.TokensPerSec)
+						}
+					}}}
+			if meth == finetune.Prompt || meth == finetune.Prefix {
+				pm, _ := prompttune.ParseMethod(method)
+				j.Prompt = prompttune.Config{Method: pm, NumVirtual: 16, Init: prompttune.InitRandom, Seed: 1}
+			}
+			if _, err := finetune.Run(context.Background(), j); err != nil {
+				return err
+			}
+			if len(rates) < 2 {
+				return errors.New("bench worker: too few steps")
+			}
+			rates = rates[1:] // warm-up
+			sort.Float64s(rates)
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(trainStat{TokS: rates[len(rates)/2], PeakRSS: peakRSS()})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&modelPath, "model", "m", "", "model")
+	f.StringVar(&dataPath, "data", "", "text")
+	f.StringVar(&method, "method", "lora", "method")
+	f.IntVar(&ctxLen, "ctx", 256, "context")
+	f.IntVar(&batch, "batch", 1, "batch")
+	f.IntVarP(&threads, "threads", "t", 2, "threads")
+	f.IntVar(&steps, "steps", 4, "steps")
+	return cmd
+}
+
+// trainReport is the training benchmark of one model; its JSON form is the
+// documented output of `ggtune bench -m MODEL --train --json`.
+type trainReport struct {
+	PP      float64              `json:"pp_tok_s"`
+	TG      float64              `json:"tg_tok_s"`
+	LlamaPP float64              `json:"llama_pp_tok_s"`
+	LlamaTG float64              `json:"llama_tg_tok_s"`
+	Train   map[string]trainStat `json:"train"`
+}
+
+// benchTrainModel measures inference and every method on one model.
+func benchTrainModel(path, dataPath string, o benchOpts, to trainBenchOpts) (trainReport, error) {
+	inf := o
+	inf.pp, inf.tg = to.ctx, 16
+	rows, err := benchModel(path, inf)
+	if err != nil {
+		return trainReport{}, err
+	}
+	rep := trainReport{LlamaPP: rows[0].llama, PP: rows[0].ours, LlamaTG: rows[1].llama, TG: rows[1].ours, Train: map[string]trainStat{}}
+	for _, m := range to.methods {
+		flops := 0.0
+		for _, tm := range benchMethods {
+			if tm.name == m {
+				flops = tm.flops
+			}
+		}
+		if flops == 0 {
+			return rep, fmt.Errorf("--methods: %q is not one of lora, full, prompt, prefix", m)
+		}
+		st, err := runTrainWorker(path, dataPath, m, to.ctx, to)
+		if err != nil {
+			return rep, err
+		}
+		st.Efficiency = st.TokS * flops / (2 * rep.LlamaPP)
+		rep.Train[m] = st
+	}
+	return rep, nil
+}
+
+// benchTrain runs the training benchmark and prints its table (or JSON).
+func benchTrain(out io.Writer, models, shapes []string, asJSON bool, o benchOpts, to trainBenchOpts) error {
+	if to.ctx < 2 || to.batch < 1 || to.steps < 2 {
+		return fmt.Errorf("--ctx %d, --batch %d, --steps %d: want >= 2, >= 1, >= 2", to.ctx, to.batch, to.steps)
+	}
+	if asJSON && len(models) != 1 {
+		return fmt.Errorf("--json needs exactly one -m")
+	}
+	dir, err := os.MkdirTemp("", "ggtune-bench-train-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	maxCtx := to.ctx
+	for _, c := range to.sweep {
+		maxCtx = max(maxCtx, c)
+	}
+	dataPath := filepath.Join(dir, "data.txt")
+	if err := benchText(dataPath, (to.steps+2)*to.batch*maxCtx*2); err != nil {
+		return err
+	}
+	if asJSON {
+		rep, err := benchTrainModel(models[0], dataPath, o, to)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(out).Encode(rep)
+	}
+	if len(models) == 0 {
+		for _, spec := range defaultTrainModels() {
+			if !containsShape(shapes, spec.name) {
+				continue
+			}
+			p := filepath.Join(dir, spec.name+".gguf")
+			fmt.Fprintf(os.Stderr, "writing %s\n", p)
+			if err := randmodel.Write(p, spec.opts); err != nil {
+				return err
+			}
+			models = append(models, p)
+		}
+	}
+	host, _ := os.Hostname()
+	fmt.Fprintf(out, "training benchmark: %s, %s, commit %s, %d threads, ctx %d, batch %d, median of %d steps after a warm-up\n",
+		host, binding.SystemInfo(), commitID(), o.threads, to.ctx, to.batch, to.steps-1)
+	fmt.Fprintln(out, "efficiency = train tok/s × (4 or 6 for full) / (2 × libllama prompt-eval tok/s)")
+	w := tabwriter.NewWriter(out, 0, 2, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "model\tfile MB\tmethod\ttrain tok/s\tpeak RSS MB\tllama pp tok/s\tefficiency\t")
+	for _, p := range models {
+		rep, err := benchTrainModel(p, dataPath, o, to)
+		if err != nil {
+			return fmt.Errorf("bench %s: %w", p, err)
+		}
+		size := fileSize(p)
+		for _, m := range to.methods {
+			st := rep.Train[m]
+			fmt.Fprintf(w, "%s\t%.0f\t%s\t%.1f\t%.0f\t%.1f\t%.3f\t\n", filepath.Base(p), float64(size)/1e6, m, st.TokS, float64(st.PeakRSS)/1e6, rep.LlamaPP, st.Efficiency)
+		}
+		for _, c := range to.sweep {
+			st, err := runTrainWorker(p, dataPath, "lora", c, to)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "%s\t%.0f\tlora ctx %d\t%.1f\t%.0f\t\t\t\n", filepath.Base(p), float64(size)/1e6, c, st.TokS, float64(st.PeakRSS)/1e6)
+		}
+		w.Flush()
+	}
+	return w.Flush()
+}
+
+func containsShape(shapes []string, name string) bool {
+	for _, s := range shapes {
+		if strings.Contains(name, "-"+s+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+func fileSize(p string) int64 {
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// commitID returns the VCS revision the binary was built from, if known.
+func commitID() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return s.Value[:12]
+			}
+		}
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+		return strings.TrimSpace(string(out))
+	}
+	return "unknown"
+}
