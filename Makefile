@@ -46,8 +46,9 @@ fuzz: deps
 	$(GO) test -run XXX -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) -parallel 2 ./data
 	$(GO) test -run XXX -fuzz '^FuzzDecodeSafetensors$$' -fuzztime $(FUZZTIME) -parallel 2 ./prompttune
 
-bench: deps
-	$(GO) run ./cmd/ggtune bench
+bench: bin/ggtune
+	./bin/ggtune bench
+	./bin/ggtune bench --train
 
 demo: bin/ggtune
 	./bin/ggtune demo

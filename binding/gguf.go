@@ -347,8 +347,10 @@ func (f *GGUFFile) ReadTensorFloats(name string) ([]float32, error) {
 	return out, nil
 }
 
-// GGUFWriter builds a GGUF (version 3) file in memory and writes it
-// atomically. It is plain Go: ggml's gguf writer ignores a general.alignment
+// GGUFWriter builds a GGUF (version 3) file and writes it atomically; tensor
+// data added with AddTensorFunc or AddFloatsFunc is produced while the file
+// is written, one tensor at a time, so that writing a model needs no copy
+// of it in memory. It is plain Go: ggml's gguf writer ignores a general.alignment
 // set through its API when it lays out tensor data, so the layout is done
 // here (the files are read back by ggml and libllama in the tests). It is
 // not safe for concurrent use.
@@ -364,7 +366,10 @@ type ggufOutTensor struct {
 	name string
 	typ  Type
 	ne   []int64
+	size int64
 	data []byte
+	// produce, if set, makes data at write time (see AddTensorFunc).
+	produce func() ([]byte, error)
 }
 
 // NewGGUFWriter creates an empty GGUF writer; maxTensors is a capacity hint.
@@ -438,6 +443,50 @@ func (w *GGUFWriter) Set(key string, value any) error {
 // AddTensor adds a tensor with raw data in the layout of typ. The data is
 // copied.
 func (w *GGUFWriter) AddTensor(name string, typ Type, shape []int64, data []byte) error {
+	return w.addTensor(name, typ, shape, int64(len(data)), append([]byte(nil), data...), nil)
+}
+
+// AddTensorFunc adds a tensor whose data produce returns when the file is
+// written, so that a file of any size is written holding one tensor's data
+// at a time. The data must have the size that typ and shape imply.
+func (w *GGUFWriter) AddTensorFunc(name string, typ Type, shape []int64, produce func() ([]byte, error)) error {
+	if produce == nil || len(shape) == 0 {
+		return fmt.Errorf("gguf add tensor %q: no data or no shape", name)
+	}
+	rb, err := typ.RowBytes(shape[0])
+	if err != nil {
+		return fmt.Errorf("gguf add tensor %q: %w", name, err)
+	}
+	return w.addTensor(name, typ, shape, rb*rowsOf(shape), nil, produce)
+}
+
+// AddFloatsFunc adds a tensor whose float32 values values returns when the
+// file is written; they are converted to typ then (see AddTensorFunc).
+func (w *GGUFWriter) AddFloatsFunc(name string, typ Type, shape []int64, values func() ([]float32, error)) error {
+	return w.AddTensorFunc(name, typ, shape, func() ([]byte, error) {
+		v, err := values()
+		if err != nil {
+			return nil, err
+		}
+		if n := rowsOf(shape) * shape[0]; int64(len(v)) != n {
+			return nil, fmt.Errorf("%w: %d values for %d elements", ErrShape, len(v), n)
+		}
+		return EncodeFloats(typ, v, shape[0])
+	})
+}
+
+// rowsOf returns the number of rows of shape (the product of dimensions 1..).
+func rowsOf(shape []int64) int64 {
+	rows := int64(1)
+	if len(shape) > 1 {
+		for _, d := range shape[1:] {
+			rows *= d
+		}
+	}
+	return rows
+}
+
+func (w *GGUFWriter) addTensor(name string, typ Type, shape []int64, size int64, data []byte, produce func() ([]byte, error)) error {
 	if w.closed {
 		return fmt.Errorf("gguf add tensor %q: %w", name, ErrClosed)
 	}
@@ -466,8 +515,8 @@ func (w *GGUFWriter) AddTensor(name string, typ Type, shape []int64, data []byte
 	if err != nil {
 		return fmt.Errorf("gguf add tensor %q: %w", name, err)
 	}
-	if int64(len(data)) != rb*rows {
-		return fmt.Errorf("gguf add tensor %q: %w: %d bytes for %v %v (want %d)", name, ErrShape, len(data), typ, shape, rb*rows)
+	if size != rb*rows {
+		return fmt.Errorf("gguf add tensor %q: %w: %d bytes for %v %v (want %d)", name, ErrShape, size, typ, shape, rb*rows)
 	}
 	// ggml stores as many dimensions as ggml_n_dims reports: trailing
 	// dimensions of size 1 are dropped (at least one is kept).
@@ -476,7 +525,7 @@ func (w *GGUFWriter) AddTensor(name string, typ Type, shape []int64, data []byte
 		nd--
 	}
 	w.tensors = append(w.tensors, ggufOutTensor{
-		name: name, typ: typ, ne: append([]int64(nil), shape[:nd]...), data: append([]byte(nil), data...),
+		name: name, typ: typ, ne: append([]int64(nil), shape[:nd]...), size: size, data: data, produce: produce,
 	})
 	w.names[name] = true
 	return nil
@@ -491,7 +540,7 @@ func (w *GGUFWriter) AddFloats(name string, typ Type, shape []int64, data []floa
 	if err != nil {
 		return fmt.Errorf("gguf add tensor %q: %w", name, err)
 	}
-	return w.AddTensor(name, typ, shape, b)
+	return w.addTensor(name, typ, shape, int64(len(b)), b, nil)
 }
 
 // ggufEncoder writes little-endian GGUF values.
@@ -672,12 +721,25 @@ func (w *GGUFWriter) WriteFile(path string) error {
 			}
 			e.u32(uint32(t.typ))
 			e.u64(uint64(offset))
-			offset += (int64(len(t.data)) + w.alignment - 1) / w.alignment * w.alignment
+			offset += (t.size + w.alignment - 1) / w.alignment * w.alignment
 		}
 		e.pad(w.alignment)
 		for _, t := range w.tensors {
-			e.bytes(t.data)
+			data := t.data
+			if t.produce != nil {
+				var err error
+				if data, err = t.produce(); err != nil {
+					return fmt.Errorf("tensor %s: %w", t.name, err)
+				}
+				if int64(len(data)) != t.size {
+					return fmt.Errorf("tensor %s: %w: produced %d bytes, want %d", t.name, ErrShape, len(data), t.size)
+				}
+			}
+			e.bytes(data)
 			e.pad(w.alignment)
+			if e.err != nil {
+				return e.err
+			}
 		}
 		return e.err
 	})

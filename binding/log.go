@@ -80,3 +80,11 @@ func ggtuneGoLog(level C.int, text *C.char, _ unsafe.Pointer) {
 		logger.Log(context.Background(), l, line, "source", "ggml")
 	}
 }
+
+// Logger returns the logger that ggml's and libllama's messages go to (see
+// SetLogger), for ggtune's own diagnostics at the same levels.
+func Logger() *slog.Logger {
+	logMu.Lock()
+	defer logMu.Unlock()
+	return logger
+}

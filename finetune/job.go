@@ -353,11 +353,7 @@ func baseName(path string) string {
 func SaveModel(m *model.Model, base, path string) error {
 	patches := map[string]ggufpatch.Patch{}
 	for _, t := range m.Trainable() {
-		v, err := t.Floats()
-		if err != nil {
-			return fmt.Errorf("save model %s: %w", path, err)
-		}
-		patches[t.Name()] = ggufpatch.Patch{Values: v, Type: binding.TypeF32}
+		patches[t.Name()] = ggufpatch.Patch{Values: t.Floats, Type: binding.TypeF32}
 	}
 	if err := ggufpatch.Write(base, path, patches, nil); err != nil {
 		return fmt.Errorf("save model: %w", err)

@@ -56,20 +56,23 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 		if len(pairs) == 0 {
 			continue
 		}
-		vals, err := base.ReadTensorFloats(ti.Name)
-		if err != nil {
-			return fmt.Errorf("merge: %w", err)
-		}
-		for _, s := range pairs {
-			if err := addDelta(vals, ti.Shape, s.Adapter.Weight(ti.Name), s.Scale*s.Adapter.Scale()); err != nil {
-				return fmt.Errorf("merge %s: %w", ti.Name, err)
-			}
-		}
 		typ := ti.Type
 		if opts.Type != nil {
 			typ = *opts.Type
 		}
-		patches[ti.Name] = ggufpatch.Patch{Values: vals, Type: typ}
+		name, shape := ti.Name, ti.Shape
+		patches[ti.Name] = ggufpatch.Patch{Type: typ, Values: func() ([]float32, error) {
+			vals, err := base.ReadTensorFloats(name)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range pairs {
+				if err := addDelta(vals, shape, s.Adapter.Weight(name), s.Scale*s.Adapter.Scale()); err != nil {
+					return nil, fmt.Errorf("merge %s: %w", name, err)
+				}
+			}
+			return vals, nil
+		}}
 	}
 	if err := ggufpatch.Write(basePath, outPath, patches, nil); err != nil {
 		return fmt.Errorf("merge: %w", err)

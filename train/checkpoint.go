@@ -71,12 +71,9 @@ func (e *Engine) SaveCheckpoint(path string, ck Checkpoint) error {
 	}
 	for i, p := range e.params {
 		for j, t := range []*binding.Tensor{p, e.ms[i], e.vs[i]} {
-			vals, err := t.Floats()
-			if err != nil {
-				return fmt.Errorf("save checkpoint: %w", err)
-			}
 			sh := p.Shape()
-			if err := w.AddFloats(ckName(i, j), binding.TypeF32, sh[:], vals); err != nil {
+			// streamed: each tensor is read while the file is written
+			if err := w.AddFloatsFunc(ckName(i, j), binding.TypeF32, sh[:], t.Floats); err != nil {
 				return fmt.Errorf("save checkpoint: %w", err)
 			}
 		}

@@ -250,6 +250,9 @@ func NewEngine(builder Builder, groups []Group, backend *binding.Backend, b, t i
 		e.Close()
 		return nil, err
 	}
+	binding.Logger().Debug("training engine", "batch", b, "tokens", t, "params", len(e.params),
+		"train_buffer_mib", e.trainAlloc.BufferSize()>>20, "eval_buffer_mib", e.evalAlloc.BufferSize()>>20,
+		"state_mib", e.stateBuf.Size()>>20)
 	return e, nil
 }
 

@@ -9,17 +9,19 @@ import (
 	"github.com/ggtune/ggtune/binding"
 )
 
-// Patch gives the new values of one tensor: Values in float32 (same element
-// count as the original), stored as Type.
+// Patch gives the new values of one tensor: Values returns them in float32
+// (same element count as the original) while the file is written, one
+// tensor at a time; they are stored as Type.
 type Patch struct {
-	Values []float32
+	Values func() ([]float32, error)
 	Type   binding.Type
 }
 
 // Write copies the GGUF file at base to out, metadata and tensors in the
 // same order, with the tensors named in patches replaced (converted to
 // their patch's Type) and extra metadata set. The file is written
-// atomically.
+// atomically and streamed: tensors are read, patched and written one at a
+// time.
 func Write(base, out string, patches map[string]Patch, extra []binding.KV) error {
 	f, err := binding.OpenGGUF(base)
 	if err != nil {
@@ -44,19 +46,13 @@ func Write(base, out string, patches map[string]Patch, extra []binding.KV) error
 	for _, ti := range f.Tensors() {
 		p, ok := patches[ti.Name]
 		if !ok {
-			raw, err := f.ReadTensor(ti.Name)
-			if err != nil {
-				return fmt.Errorf("write %s: %w", out, err)
-			}
-			if err := w.AddTensor(ti.Name, ti.Type, ti.Shape, raw); err != nil {
+			name := ti.Name
+			if err := w.AddTensorFunc(ti.Name, ti.Type, ti.Shape, func() ([]byte, error) { return f.ReadTensor(name) }); err != nil {
 				return fmt.Errorf("write %s: %w", out, err)
 			}
 			continue
 		}
-		if int64(len(p.Values)) != ti.Elements() {
-			return fmt.Errorf("write %s: tensor %s: %d values for %d elements", out, ti.Name, len(p.Values), ti.Elements())
-		}
-		if err := w.AddFloats(ti.Name, p.Type, ti.Shape, p.Values); err != nil {
+		if err := w.AddFloatsFunc(ti.Name, p.Type, ti.Shape, p.Values); err != nil {
 			return fmt.Errorf("write %s: %w", out, err)
 		}
 	}
