@@ -230,7 +230,6 @@ func (s *ggufScanner) validate() error {
 	}
 	entries := make([]entry, 0, nt)
 	names := make(map[string]bool, nt)
-	vocabRows := map[string]int64{} // rows of the matrices indexed by token id
 	for i := uint64(0); i < nt; i++ {
 		name, err := s.str(true)
 		if err != nil {
@@ -287,12 +286,6 @@ func (s *ggufScanner) validate() error {
 			return fmt.Errorf("tensor %q of %v %v is larger than the file", name, typ, ne)
 		}
 		entries = append(entries, entry{name: name, offset: off, bytes: int64(nbytes)})
-		if (name == "token_embd.weight" || name == "output.weight") && nd == 2 {
-			vocabRows[name] = ne[1]
-		}
-	}
-	if err := checkVocabRows(kinds, tokens, vocabRows); err != nil {
-		return err
 	}
 	dataOffset := (s.pos + alignment - 1) / alignment * alignment
 	for _, e := range entries {
@@ -531,18 +524,21 @@ func checkHparams(kinds map[string]kvInfo) error {
 	return nil
 }
 
-// checkVocabRows checks that the token list has one entry per row of the
-// embedding and output matrices: a shorter list makes libllama index past
-// its end (std::out_of_range) when a sampled id is turned into text, and a
-// longer one lets the tokenizer produce ids the graph cannot embed.
-func checkVocabRows(kinds map[string]kvInfo, tokens []string, rows map[string]int64) error {
-	if _, ok := kinds["tokenizer.ggml.tokens"]; !ok {
+// CheckVocab returns an error wrapping [ErrVocabMismatch] unless the token
+// list (tokenizer.ggml.tokens, if present) has one entry per row of
+// token_embd.weight and of output.weight: libllama indexes its token list
+// with ids the graph produces. OpenGGUF does not check it (the container is
+// valid); model loaders do.
+func (f *GGUFFile) CheckVocab() error {
+	v, ok := f.Get("tokenizer.ggml.tokens")
+	if !ok {
 		return nil
 	}
+	tokens, _ := v.([]string)
 	for _, name := range []string{"token_embd.weight", "output.weight"} {
-		if n, ok := rows[name]; ok && n != int64(len(tokens)) {
+		if ti, ok := f.TensorInfo(name); ok && len(ti.Shape) == 2 && ti.Shape[1] != int64(len(tokens)) {
 			return fmt.Errorf("%w: tokenizer.ggml.tokens has %d tokens but tensor %s has %d rows (one per token)",
-				ErrVocabMismatch, len(tokens), name, n)
+				ErrVocabMismatch, len(tokens), name, ti.Shape[1])
 		}
 	}
 	return nil

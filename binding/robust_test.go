@@ -13,6 +13,7 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/model"
 )
 
 // rewriteKVs copies the GGUF at src to dst with the metadata values in edit
@@ -41,8 +42,8 @@ func rewriteKVs(t *testing.T, src, dst string, edit map[string]any) {
 }
 
 // TestVocabMatchesTensors: a token list shorter or longer than the
-// embedding matrix (libllama's generate aborted with std::out_of_range on
-// the shorter one) is refused by every reader.
+// embedding matrix (generate aborted with std::out_of_range on the shorter
+// one; train, eval and merge accepted it) is refused by every model loader.
 func TestVocabMatchesTensors(t *testing.T) {
 	src := fixture.Path(t, "models/stories260K.gguf")
 	f, err := binding.OpenGGUF(src)
@@ -64,10 +65,16 @@ func TestVocabMatchesTensors(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "vocab.gguf")
 			rewriteKVs(t, src, path, map[string]any{"tokenizer.ggml.tokens": list, "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types})
 			gerr, lerr := openBoth(path)
-			for _, err := range []error{gerr, lerr} {
-				require.ErrorIs(t, err, binding.ErrVocabMismatch)
-				assert.Contains(t, err.Error(), "token_embd.weight")
-			}
+			require.NoError(t, gerr, "the container is valid")
+			require.Error(t, lerr, "libllama refuses it")
+			f, err := binding.OpenGGUF(path)
+			require.NoError(t, err)
+			defer f.Close()
+			err = f.CheckVocab()
+			require.ErrorIs(t, err, binding.ErrVocabMismatch)
+			assert.Contains(t, err.Error(), "token_embd.weight")
+			_, err = model.Load(path, model.Options{Threads: 1})
+			require.ErrorIs(t, err, binding.ErrVocabMismatch, "ggtune's loader (train, eval, merge, generate) refuses it")
 		})
 	}
 }

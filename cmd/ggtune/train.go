@@ -103,7 +103,7 @@ type trainOpts struct {
 	evalEvery, earlyStop           int
 	saveEvery, maxValBatches       int
 	resume, overwrite              bool
-	resumeChanged                  []string
+	resumeChanged                  string
 	maxDataBytes                   int64
 	maxLineBytes                   int
 	metrics, plot                  string
@@ -165,7 +165,7 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 	f.IntVar(&o.maxValBatches, "max-val-batches", 0, "evaluate at most N validation batches (0: all)")
 	f.IntVar(&o.saveEvery, "save-every", 0, "write the checkpoint OUT.gguf.ckpt every N steps (0: only on Ctrl-C)")
 	f.BoolVar(&o.resume, "resume", false, "continue from the checkpoint OUT.gguf.ckpt (same flags, same result as an uninterrupted run)")
-	f.StringSliceVar(&o.resumeChanged, "resume-changed", nil, "with --resume: settings deliberately changed since the checkpoint, e.g. steps,lr (others must match)")
+	f.StringVar(&o.resumeChanged, "resume-changed", "", "with --resume: settings deliberately changed since the checkpoint, e.g. steps,lr (others must match)")
 	f.BoolVar(&o.overwrite, "overwrite", false, "start afresh even though the checkpoint OUT.gguf.ckpt exists (it is replaced)")
 	f.StringVar(&o.metrics, "metrics", "", "JSONL metrics file (default OUT.metrics.jsonl; none: off)")
 	f.StringVar(&o.plot, "plot", "", "loss-curve PNG (default OUT.loss.png; none: off)")
@@ -338,7 +338,7 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},
 		Train: train.Config{
 			Steps: steps, Epochs: o.epochs, GradAccum: o.gradAccum, Schedule: sched, Optimizer: opt,
-			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume, Overwrite: o.overwrite, ResumeChanged: o.resumeChanged,
+			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume, Overwrite: o.overwrite, ResumeChanged: splitList(o.resumeChanged),
 			MetricsPath: sidePath(o.metrics, o.output, ".metrics.jsonl"), PlotPath: sidePath(o.plot, o.output, ".loss.png"),
 		},
 	}
