@@ -236,7 +236,7 @@ func NewBackend(name string, threads int) (*Backend, error) {
 		threads = runtime.NumCPU()
 	}
 	C.ggtune_set_n_threads(b, C.int(threads))
-	runtime.SetFinalizer(be, (*Backend).Close)
+	setLeakFinalizer(be, (*Backend).Close)
 	return be, nil
 }
 
@@ -343,7 +343,7 @@ func (b *Backend) AllocContext(c *Context) (*Buffer, error) {
 		return nil, fmt.Errorf("alloc context on %s: %w", b.name, ErrOutOfMemory)
 	}
 	out := &Buffer{b: buf}
-	runtime.SetFinalizer(out, (*Buffer).Close)
+	setLeakFinalizer(out, (*Buffer).Close)
 	return out, nil
 }
 
@@ -406,7 +406,7 @@ func (b *Backend) NewAllocator() (*Allocator, error) {
 		return nil, fmt.Errorf("new allocator: %w", ErrOutOfMemory)
 	}
 	out := &Allocator{a: a}
-	runtime.SetFinalizer(out, (*Allocator).Close)
+	setLeakFinalizer(out, (*Allocator).Close)
 	return out, nil
 }
 
@@ -511,7 +511,7 @@ func NewSched(backends []*Backend, graphSize int) (*Sched, error) {
 		return nil, fmt.Errorf("new scheduler: failed")
 	}
 	out := &Sched{s: s, backends: backends, graphSize: graphSize}
-	runtime.SetFinalizer(out, (*Sched).Close)
+	setLeakFinalizer(out, (*Sched).Close)
 	return out, nil
 }
 

@@ -52,7 +52,7 @@ func MapFile(path string) (*HostMapping, error) {
 		return nil, fmt.Errorf("map %s: could not wrap the mapping in a CPU buffer", path)
 	}
 	m := &HostMapping{path: path, data: data, buf: buf}
-	runtime.SetFinalizer(m, (*HostMapping).Close)
+	setLeakFinalizer(m, func(m *HostMapping) { m.Close() })
 	return m, nil
 }
 
