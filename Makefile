@@ -44,7 +44,7 @@ FUZZTIME ?= 60s
 fuzz: deps
 	$(GO) test -run XXX -fuzz '^FuzzOpenGGUF$$' -fuzztime $(FUZZTIME) -parallel 2 ./binding
 	$(GO) test -run XXX -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) -parallel 2 ./data
-	$(GO) test -run XXX -fuzz '^FuzzDecodeSafetensors$$' -fuzztime $(FUZZTIME) -parallel 2 ./prompttune
+	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -parallel 2 ./safetensors
 
 bench: bin/ggtune
 	./bin/ggtune bench

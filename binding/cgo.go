@@ -21,12 +21,23 @@
 // concurrent use.
 //
 // The C sources are those of the pinned Go module github.com/ollama/ollama
-// (llama.cpp ec98e2002); see third_party/README.md.
+// (llama.cpp ec98e2002); see third_party/README.md. The headers are found
+// in two places: third_party/ollama in a checkout (the symlink that `make
+// deps` creates) and, when ggtune itself is a dependency in the module
+// cache, the pinned module's directory beside it
+// ($GOMODCACHE/github.com/ollama/ollama@v0.17.4), so that `go get` and `go
+// build` alone work in another module. The version in those include paths
+// must equal the one in go.mod (a test checks it).
+//
+// Package binding needs cgo: a build with CGO_ENABLED=0 stops with one
+// message saying so.
 package binding
 
 /*
 #cgo CPPFLAGS: -I${SRCDIR}/../third_party/ollama/ml/backend/ggml/ggml/include
 #cgo CPPFLAGS: -I${SRCDIR}/../third_party/ollama/llama/llama.cpp/include
+#cgo CPPFLAGS: -I${SRCDIR}/../../../ollama/ollama@v0.17.4/ml/backend/ggml/ggml/include
+#cgo CPPFLAGS: -I${SRCDIR}/../../../ollama/ollama@v0.17.4/llama/llama.cpp/include
 #cgo CPPFLAGS: -I${SRCDIR}/../csrc
 #cgo CXXFLAGS: -std=c++17
 #include "ggml.h"

@@ -122,8 +122,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	cfg := lora.DefaultConfig()
 	cfg.Rank, cfg.Alpha = 8, 16
 	job := finetune.Job{
-		Method: finetune.LoRA, Model: rep.BasePath, Data: tune, Val: held, Output: rep.AdapterPath,
-		Context: 128, Batch: 8, Pack: true, Threads: o.Threads, Seed: 1, MaxValBatches: 8, LoRA: cfg,
+		Method: "lora", Config: &cfg, Model: rep.BasePath, Data: tune, Val: held, Output: rep.AdapterPath,
+		Context: 128, Batch: 8, Pack: true, Threads: o.Threads, Seed: 1, MaxValBatches: 8,
 		Train: train.Config{Steps: o.TuneSteps, Optimizer: train.DefaultAdamW(), EvalEvery: o.TuneSteps / 4,
 			Schedule:    train.LRSchedule{Kind: train.Cosine, LR: 3e-3, MinLR: 3e-4, Warmup: 10},
 			MetricsPath: filepath.Join(o.OutDir, "demo-lora.metrics.jsonl"), PlotPath: rep.PlotPath, Progress: w},
@@ -168,7 +168,7 @@ func trainBase(ctx context.Context, o Options, rep *Report) error {
 	defer os.Remove(init)
 	tmp := rep.BasePath + ".partial"
 	job := finetune.Job{
-		Method: finetune.Full, Model: init, Data: o.BaseText, Output: tmp,
+		Method: "full", Model: init, Data: o.BaseText, Output: tmp,
 		Context: 128, Batch: 8, Pack: true, Threads: o.Threads, Seed: 1,
 		Train: train.Config{Steps: o.BaseSteps, Optimizer: train.AdamW{Beta1: 0.9, Beta2: 0.99, Eps: 1e-8, WeightDecay: 0.01, MaxGradNorm: 1},
 			Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, MinLR: 3e-4, Warmup: 20},

@@ -11,7 +11,6 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/randmodel"
-	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
 )
@@ -33,8 +32,8 @@ func TestLoRAOnBaseTypes(t *testing.T) {
 			require.True(t, ok)
 			assert.Equal(t, typ, got, "the base weights keep their type")
 
-			j := finetune.Job{Method: finetune.LoRA, Model: base, Data: trainPath, Val: valPath, Output: filepath.Join(dir, "a.gguf"),
-				Context: 32, Batch: 4, Pack: true, Threads: 2, Seed: 1, MaxValBatches: 4, LoRA: lora.DefaultConfig(),
+			j := finetune.Job{Method: "lora", Model: base, Data: trainPath, Val: valPath, Output: filepath.Join(dir, "a.gguf"),
+				Context: 32, Batch: 4, Pack: true, Threads: 2, Seed: 1, MaxValBatches: 4,
 				Train: train.Config{Steps: 15, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Constant, LR: 3e-3}}}
 			rep, err := finetune.Run(context.Background(), j)
 			require.NoError(t, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/prompttune"
 	"github.com/ggtune/ggtune/train"
@@ -39,19 +40,29 @@ func shakespeare(t *testing.T) (trainPath, valPath string) {
 	return trainPath, valPath
 }
 
-func baseJob(t *testing.T, method finetune.Method) finetune.Job {
+// softPrompt returns the named soft-prompt method's default config with n
+// virtual tokens initialised from the vocabulary.
+func softPrompt(t *testing.T, name string, n int) *prompttune.Config {
+	m, err := method.Get(name)
+	require.NoError(t, err)
+	c := m.NewConfig().(*prompttune.Config)
+	c.NumVirtual, c.Init = n, prompttune.InitVocab
+	return c
+}
+
+func baseJob(t *testing.T, method string) finetune.Job {
 	trainPath, valPath := shakespeare(t)
 	return finetune.Job{
 		Method: method, Model: fixture.Path(t, "models/stories260K.gguf"), Data: trainPath, Val: valPath,
 		Output: filepath.Join(t.TempDir(), "out.gguf"), Context: 64, Batch: 4, Pack: true, Threads: 2, Seed: 1,
-		MaxValBatches: 8, LoRA: lora.DefaultConfig(),
+		MaxValBatches: 8,
 		Train: train.Config{Steps: 60, Optimizer: train.DefaultAdamW(),
 			Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, Warmup: 5}},
 	}
 }
 
 func TestLoRALowersShakespeareLoss(t *testing.T) {
-	j := baseJob(t, finetune.LoRA)
+	j := baseJob(t, "lora")
 	before := fileHash(t, j.Model)
 	rep, err := finetune.Run(context.Background(), j)
 	require.NoError(t, err)
@@ -101,12 +112,12 @@ func TestLoRALowersShakespeareLoss(t *testing.T) {
 // TestContinueTraining starts a second run from the first run's adapter
 // and soft prompt: its first evaluation equals the first run's last.
 func TestContinueTraining(t *testing.T) {
-	for _, method := range []finetune.Method{finetune.LoRA, finetune.Prompt} {
-		t.Run(string(method), func(t *testing.T) {
-			j := baseJob(t, method)
+	for _, name := range []string{"lora", "prompt"} {
+		t.Run(name, func(t *testing.T) {
+			j := baseJob(t, name)
 			j.Train.Steps = 10
-			j.Prompt = prompttune.Config{NumVirtual: 8, Init: prompttune.InitVocab}
-			if method == finetune.Prompt {
+			if name == "prompt" {
+				j.Config = softPrompt(t, name, 8)
 				j.Train.Schedule.LR = 3e-2
 			}
 			first, err := finetune.Run(context.Background(), j)
@@ -125,11 +136,11 @@ func TestContinueTraining(t *testing.T) {
 // TestWikiSQL trains LoRA on the WikiSQL JSONL (text records) as a format
 // test and reports the validation loss.
 func TestWikiSQL(t *testing.T) {
-	j := finetune.Job{Method: finetune.LoRA, Model: fixture.Path(t, "models/stories260K.gguf"),
+	j := finetune.Job{Method: "lora", Model: fixture.Path(t, "models/stories260K.gguf"),
 		Data: fixture.Path(t, "text/wikisql-train.jsonl"), Val: fixture.Path(t, "text/wikisql-valid.jsonl"),
 		Output: filepath.Join(t.TempDir(), "wikisql.gguf"), Context: 128, Batch: 4, Pack: true, Threads: 2, Seed: 1,
-		LoRA: lora.DefaultConfig(), MaxValBatches: 10,
-		Train: train.Config{Steps: 40, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, Warmup: 4}}}
+		MaxValBatches: 10,
+		Train:         train.Config{Steps: 40, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Cosine, LR: 3e-3, Warmup: 4}}}
 	rep, err := finetune.Run(context.Background(), j)
 	require.NoError(t, err)
 	t.Logf("RESULT wikisql validation loss %.3f -> %.3f (perplexity %.1f -> %.1f, %d training examples)",
@@ -140,8 +151,10 @@ func TestWikiSQL(t *testing.T) {
 // TestResumeWithDropout interrupts a LoRA run with dropout and resumes it
 // from the checkpoint: the loss curve equals the uninterrupted run's.
 func TestResumeWithDropout(t *testing.T) {
-	j := baseJob(t, finetune.LoRA)
-	j.LoRA.Dropout = 0.1
+	j := baseJob(t, "lora")
+	cfg := lora.DefaultConfig()
+	cfg.Dropout = 0.1
+	j.Config = &cfg
 	j.Train.Steps = 6
 	j.Train.GradAccum = 2
 	j.Val, j.ValSplit = "", 0

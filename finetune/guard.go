@@ -64,17 +64,9 @@ func saveResult(save func(string) error, out, checkpoint string) (string, error)
 // batches, the seed, and fingerprints of the model and data files.
 func (j *Job) settings() (map[string]string, error) {
 	s := map[string]string{
-		"method": string(j.Method), "seed": strconv.FormatUint(j.Seed, 10), "ctx": strconv.Itoa(j.Context),
+		"method": j.Method, "seed": strconv.FormatUint(j.Seed, 10), "ctx": strconv.Itoa(j.Context),
 		"batch": strconv.Itoa(j.Batch), "pack": strconv.FormatBool(j.Pack), "val-split": strconv.FormatFloat(j.ValSplit, 'g', -1, 64),
-		"data-options": fmt.Sprintf("%+v", dataSettings(j)),
-	}
-	switch j.Method {
-	case LoRA:
-		s["lora"] = fmt.Sprintf("%+v", j.LoRA)
-	case Head:
-		s["train-layers"] = strconv.Itoa(j.TrainLayers)
-	case Prompt, Prefix, PTuning:
-		s["prompt"] = fmt.Sprintf("%+v", j.Prompt)
+		"data-options": fmt.Sprintf("%+v", dataSettings(j)), "method-config": fmt.Sprintf("%+v", j.Config),
 	}
 	for key, path := range map[string]string{"model": j.Model, "data": j.Data, "val": j.Val, "init-from": j.InitFrom} {
 		if path == "" {

@@ -1,8 +1,9 @@
 // Package finetune runs a fine-tuning job end to end: it loads a GGUF model,
-// builds the method's trainable tensors (LoRA, full, head-only, or a soft
-// prompt), reads and batches the data, trains with package train, and
-// writes the result (an adapter GGUF, a full model GGUF, or a soft-prompt
-// GGUF). The CLI's `ggtune train` is a thin layer over Run.
+// builds the trainable state of any registered method (package method:
+// LoRA, full, head-only, soft prompts, ...), reads and batches the data,
+// trains with package train, and writes the method's result (an adapter
+// GGUF or a full model GGUF). The CLI's `ggtune train` is a thin layer over
+// Run.
 package finetune
 
 import (
@@ -14,41 +15,23 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/data"
-	"github.com/ggtune/ggtune/internal/ggufpatch"
-	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
+	_ "github.com/ggtune/ggtune/method/builtin" // the built-in methods
 	"github.com/ggtune/ggtune/model"
-	"github.com/ggtune/ggtune/prompttune"
 	"github.com/ggtune/ggtune/train"
 )
-
-// Method names a fine-tuning method.
-type Method string
-
-// The methods.
-const (
-	LoRA    Method = "lora"    // low-rank adapters on a frozen base (any base type)
-	Full    Method = "full"    // every weight, as F32
-	Head    Method = "head"    // the output layer (and optionally the last blocks)
-	Prompt  Method = "prompt"  // prompt tuning
-	Prefix  Method = "prefix"  // prefix tuning
-	PTuning Method = "ptuning" // P-tuning
-)
-
-// ParseMethod validates a method name.
-func ParseMethod(s string) (Method, error) {
-	switch m := Method(strings.ToLower(s)); m {
-	case LoRA, Full, Head, Prompt, Prefix, PTuning:
-		return m, nil
-	}
-	return "", fmt.Errorf("%w: unknown method %q (want lora, full, head, prompt, prefix or ptuning)", ErrJob, s)
-}
 
 // ErrJob reports an invalid job description.
 var ErrJob = errors.New("invalid job")
 
 // Job describes one fine-tuning run.
 type Job struct {
-	Method Method
+	// Method is a registered method's name (see package method): lora,
+	// full, head, prompt, prefix, ptuning, ...
+	Method string
+	// Config is the method's configuration (nil: its defaults); it is
+	// resolved against the base model.
+	Config method.Config
 	Model  string // base GGUF
 	Data   string // training data file
 	Val    string // validation data file (optional)
@@ -66,13 +49,9 @@ type Job struct {
 	MaxValBatches int
 
 	DataOptions data.Options // Context and Templater are filled in
-	LoRA        lora.Config
-	Prompt      prompttune.Config
-	// TrainLayers adds the last N transformer blocks to head-only training.
-	TrainLayers int
-	// InitFrom continues training an existing LoRA adapter or soft prompt
+	// InitFrom continues training an existing adapter of the job's method
 	// (a GGUF written by ggtune) instead of a fresh one; its file's
-	// configuration replaces LoRA or Prompt.
+	// configuration replaces Config.
 	InitFrom string
 	Train    train.Config
 }
@@ -95,15 +74,6 @@ func templater(tmpl string, msgs []data.ChatMessage, addAssistant bool) (string,
 	return binding.ApplyChatTemplate(tmpl, bm, addAssistant)
 }
 
-// method is what Run needs from a training method.
-type method struct {
-	hooks  []model.Hook
-	params []*binding.Tensor
-	nvals  int64
-	save   func(path string) error
-	close  func()
-}
-
 func (j *Job) validate() error {
 	switch {
 	case j.Model == "":
@@ -117,8 +87,10 @@ func (j *Job) validate() error {
 	case j.ValSplit < 0 || j.ValSplit >= 1:
 		return fmt.Errorf("%w: validation split %v (want [0, 1))", ErrJob, j.ValSplit)
 	}
-	_, err := ParseMethod(string(j.Method))
-	return err
+	if _, err := method.Get(j.Method); err != nil {
+		return fmt.Errorf("%w: %w", ErrJob, err)
+	}
+	return nil
 }
 
 // Run executes the job. Cancelling ctx stops training after the current
@@ -141,7 +113,8 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 		settings[k] = v
 	}
 	j.Train.Settings = settings
-	trainable, err := trainableWeights(j)
+	meth, _ := method.Get(j.Method)
+	mcfg, trainable, err := j.resolve(meth)
 	if err != nil {
 		return nil, err
 	}
@@ -171,11 +144,15 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 			return nil, err
 		}
 	}
-	meth, err := newMethod(j, m)
+	inst, err := newInstance(j, meth, mcfg, m)
 	if err != nil {
 		return nil, err
 	}
-	defer meth.close()
+	defer inst.Close()
+	groups, err := inst.Groups()
+	if err != nil {
+		return nil, err
+	}
 
 	src, err := newSource(ds, j)
 	if err != nil {
@@ -185,18 +162,18 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	eng, err := train.NewEngine(GraphBuilder(m, meth.hooks, j.Seed), train.Groups(meth.params...), m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
+	eng, err := train.NewEngine(GraphBuilder(m, inst.Hooks(1), j.Seed), groups, m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
 	if err != nil {
 		return nil, err
 	}
 	defer eng.Close()
 	cfg := j.Train
 	res, err := train.Run(ctx, eng, src, valBatches, cfg)
-	rep := &Report{Result: res, Output: j.Output, Params: meth.nvals, Examples: ds.Len(), ValBatches: len(valBatches)}
+	rep := &Report{Result: res, Output: j.Output, Params: method.NumParams(groups), Examples: ds.Len(), ValBatches: len(valBatches)}
 	if err != nil {
 		return rep, err
 	}
-	rep.Output, err = saveResult(meth.save, j.Output, cfg.Checkpoint)
+	rep.Output, err = saveResult(inst.Save, j.Output, cfg.Checkpoint)
 	return rep, err
 }
 
@@ -238,106 +215,55 @@ func batches(ds *data.Dataset, j Job) ([]train.Batch, error) {
 	return out, nil
 }
 
-// trainableWeights selects the base weights that full and head-only
-// training load as F32 parameters.
-func trainableWeights(j Job) (func(string) bool, error) {
-	switch j.Method {
-	case Full:
-		return func(string) bool { return true }, nil
-	case Head:
-		f, err := binding.OpenGGUF(j.Model)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		cfg, err := model.ReadConfig(f)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", j.Model, err)
-		}
-		if j.TrainLayers < 0 || j.TrainLayers > cfg.NLayer {
-			return nil, fmt.Errorf("%w: train the last %d of %d layers", ErrJob, j.TrainLayers, cfg.NLayer)
-		}
-		first := cfg.NLayer - j.TrainLayers
-		return func(name string) bool {
-			if name == "output.weight" || name == "output_norm.weight" || (cfg.TiedOutput && name == "token_embd.weight") {
-				return true
-			}
-			var l int
-			var rest string
-			if n, _ := fmt.Sscanf(name, "blk.%d.%s", &l, &rest); n == 2 {
-				return l >= first
-			}
-			return false
-		}, nil
+// resolve returns the job's method configuration, resolved against the
+// base model, and the base weights the method trains (nil: none).
+func (j *Job) resolve(meth method.Method) (method.Config, func(string) bool, error) {
+	f, err := binding.OpenGGUF(j.Model)
+	if err != nil {
+		return nil, nil, err
 	}
-	return nil, nil
+	defer f.Close()
+	cfg := j.Config
+	if cfg == nil {
+		cfg = meth.NewConfig()
+	}
+	if err := cfg.Resolve(f); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrJob, meth.Name(), err)
+	}
+	wt, ok := meth.(method.WeightTrainer)
+	if !ok {
+		return cfg, nil, nil
+	}
+	trainable, err := wt.Trainable(cfg, f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrJob, err)
+	}
+	return cfg, trainable, nil
 }
 
-func newMethod(j Job, m *model.Model) (*method, error) {
-	switch j.Method {
-	case LoRA:
-		f, err := binding.OpenGGUF(j.Model)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		cfg := j.LoRA
-		cfg.Seed = j.Seed
-		var a *lora.Adapter
-		if j.InitFrom != "" {
-			a, err = lora.Load(j.InitFrom, f, m.Backend())
-		} else {
-			a, err = lora.New(cfg, f, m.Backend())
-		}
-		if err != nil {
-			return nil, err
-		}
-		params, err := a.Params()
-		if err != nil {
-			a.Close()
-			return nil, err
-		}
-		a.Meta["base_model"] = baseName(j.Model)
-		a.Meta["data"] = baseName(j.Data)
-		return &method{hooks: []model.Hook{a.Hook(1)}, params: params, nvals: a.NumParams(), save: a.Save, close: a.Close}, nil
-	case Prompt, Prefix, PTuning:
-		cfg := j.Prompt
-		cfg.Method = map[Method]prompttune.Method{Prompt: prompttune.PromptTuning, Prefix: prompttune.PrefixTuning, PTuning: prompttune.PTuning}[j.Method]
-		cfg.Seed = j.Seed
-		var p *prompttune.Prompt
-		var err error
-		if j.InitFrom != "" {
-			p, err = prompttune.Load(j.InitFrom, prompttune.ShapeOf(m.Config()), m.Backend())
-			if err == nil && p.Config().Method != cfg.Method {
-				p.Close()
-				err = fmt.Errorf("%w: %s holds a %s prompt, the job trains %s", ErrJob, j.InitFrom, p.Config().Method, cfg.Method)
-			}
-		} else {
-			p, err = prompttune.New(cfg, m, m.Backend())
-		}
-		if err != nil {
-			return nil, err
-		}
-		params, err := p.Params()
-		if err != nil {
-			p.Close()
-			return nil, err
-		}
-		return &method{hooks: []model.Hook{p.Hook()}, params: params, nvals: p.NumParams(), save: p.Save, close: p.Close}, nil
-	default:
-		params := m.Trainable()
-		if len(params) == 0 {
-			return nil, fmt.Errorf("%w: no trainable weights", ErrJob)
-		}
-		var n int64
-		for _, p := range params {
-			if err := p.SetParam(); err != nil {
-				return nil, err
-			}
-			n += p.Elements()
-		}
-		return &method{params: params, nvals: n, save: func(path string) error { return SaveModel(m, j.Model, path) }, close: func() {}}, nil
+// newInstance creates the method's trainable state, fresh or from
+// j.InitFrom (which must hold an adapter of the same method).
+func newInstance(j Job, meth method.Method, cfg method.Config, m *model.Model) (method.Instance, error) {
+	env, err := method.NewEnv(j.Model, m, m.Backend())
+	if err != nil {
+		return nil, err
 	}
+	defer env.Close()
+	env.Seed = j.Seed
+	env.Meta["base_model"] = baseName(j.Model)
+	env.Meta["data"] = baseName(j.Data)
+	if j.InitFrom == "" {
+		return meth.New(env, cfg)
+	}
+	inst, from, err := method.Open(j.InitFrom, env)
+	if err != nil {
+		return nil, err
+	}
+	if from.Name() != meth.Name() {
+		inst.Close()
+		return nil, fmt.Errorf("%w: %s holds a %s adapter, the job trains %s", ErrJob, j.InitFrom, from.Name(), meth.Name())
+	}
+	return inst, nil
 }
 
 func baseName(path string) string {
@@ -345,18 +271,4 @@ func baseName(path string) string {
 		return path[i+1:]
 	}
 	return path
-}
-
-// SaveModel writes the model with its trainable (fine-tuned) weights to
-// path, copying everything else from the base file; trained weights are
-// stored as F32.
-func SaveModel(m *model.Model, base, path string) error {
-	patches := map[string]ggufpatch.Patch{}
-	for _, t := range m.Trainable() {
-		patches[t.Name()] = ggufpatch.Patch{Values: t.Floats, Type: binding.TypeF32}
-	}
-	if err := ggufpatch.Write(base, path, patches, nil); err != nil {
-		return fmt.Errorf("save model: %w", err)
-	}
-	return nil
 }

@@ -19,6 +19,15 @@ type Weight struct {
 	// with ggml shape [in, out], A is [in, r] and B is [r, out]; for the
 	// token embedding ([n_embd, n_vocab]) A is [r, n_vocab] and B [r, n_embd].
 	A, B *binding.Tensor
+	// M is DoRA's magnitude [out] (nil without DoRA).
+	M *binding.Tensor
+	// A0 and B0 are the frozen initial factors of PiSSA and OLoRA (nil
+	// otherwise): the model runs W − s·B0·A0 + s·B·A.
+	A0, B0 *binding.Tensor
+	// base holds the base weight's F32 values for DoRA's row norms.
+	base []float32
+	// frozen, if set, holds DoRA's row norms fixed (see FreezeNorms).
+	frozen []float32
 }
 
 // Embedding reports whether the pair adapts the token embedding.
@@ -113,7 +122,7 @@ func New(cfg Config, f *binding.GGUFFile, backend *binding.Backend) (*Adapter, e
 	if cfg.Init == "" {
 		cfg.Init = InitKaiming
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Resolve(f); err != nil {
 		return nil, err
 	}
 	arch, slots, err := plan(cfg, f)
@@ -130,14 +139,83 @@ func New(cfg Config, f *binding.GGUFFile, backend *binding.Backend) (*Adapter, e
 			return nil, err
 		}
 	}
+	if cfg.residual() {
+		if err := a.readBase(f); err != nil {
+			a.Close()
+			return nil, err
+		}
+		for _, w := range a.weights {
+			err := w.initResidual(cfg.Init, w.base, a.Scale())
+			w.base = nil
+			if err != nil {
+				a.Close()
+				return nil, fmt.Errorf("new lora: %w", err)
+			}
+		}
+	}
+	if cfg.DoRA {
+		if err := a.readBase(f); err != nil {
+			a.Close()
+			return nil, err
+		}
+		// B = 0, so the magnitude starts at the row norms of W.
+		for _, w := range a.weights {
+			if err := w.M.SetFloats(w.rowNorms(a.Scale())); err != nil {
+				a.Close()
+				return nil, err
+			}
+		}
+	}
 	return a, nil
+}
+
+// readBase keeps the F32 values of every adapted base weight (DoRA's norms
+// need them).
+func (a *Adapter) readBase(f *binding.GGUFFile) error {
+	if f == nil {
+		return fmt.Errorf("%w: a DoRA adapter needs its base model", ErrConfig)
+	}
+	for _, w := range a.weights {
+		v, err := f.ReadTensorFloats(w.Base)
+		if err != nil {
+			return fmt.Errorf("dora: %w", err)
+		}
+		w.base = v
+	}
+	return nil
+}
+
+// rowNorms returns ‖W_o + scale·(B·A)_o‖ for every output row o, from the
+// base values and the current A and B.
+func (w *Weight) rowNorms(scale float32) []float32 {
+	if w.frozen != nil {
+		return append([]float32(nil), w.frozen...)
+	}
+	v := append([]float32(nil), w.base...)
+	if err := addDelta(v, []int64{w.A.Dim(0), w.B.Dim(1)}, w, scale); err != nil {
+		return nil
+	}
+	return rowNormsOf(v, w.A.Dim(0))
+}
+
+// rowNormsOf returns the Euclidean norm of every row of n0 values.
+func rowNormsOf(v []float32, n0 int64) []float32 {
+	out := make([]float32, int64(len(v))/n0)
+	for o := range out {
+		var s float64
+		for _, x := range v[int64(o)*n0 : int64(o+1)*n0] {
+			s += float64(x) * float64(x)
+		}
+		out[o] = float32(math.Sqrt(s))
+	}
+	return out
 }
 
 func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Adapter, error) {
 	if len(slots) == 0 {
 		return nil, fmt.Errorf("new lora: %w: nothing to adapt", ErrConfig)
 	}
-	ctx, err := binding.NewGraphContext(2*len(slots)+4, 1, false)
+	ctx, err := binding.NewGraphContext(5*len(slots)+4, 1, false)
 	if err != nil {
 		return nil, fmt.Errorf("new lora: %w", err)
 	}
@@ -152,6 +230,17 @@ func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Ad
 		}
 		w.A.SetName(s.base + ".lora_a")
 		w.B.SetName(s.base + ".lora_b")
+		if cfg.residual() {
+			w.A0 = ctx.NewTensor(binding.TypeF32, s.aShape[0], s.aShape[1]).SetName(s.base + ".lora_a0")
+			w.B0 = ctx.NewTensor(binding.TypeF32, s.bShape[0], s.bShape[1]).SetName(s.base + ".lora_b0")
+		}
+		if cfg.DoRA {
+			w.M = ctx.NewTensor(binding.TypeF32, s.bShape[1]).SetName(s.base + ".dora_m")
+			if ctx.Err() != nil {
+				ctx.Close()
+				return nil, fmt.Errorf("new lora: %w", ctx.Err())
+			}
+		}
 		a.weights = append(a.weights, w)
 		a.byBase[s.base] = w
 	}
@@ -168,6 +257,9 @@ func alloc(cfg Config, arch string, slots []slot, backend *binding.Backend) (*Ad
 // swapped: A zero and B normal; llama.cpp's file layout stores them so
 // that the same rule "one factor zero" keeps the adapter a no-op).
 func (a *Adapter) initWeight(w *Weight) error {
+	if a.cfg.residual() {
+		return nil // initResidual sets A and B from the base weight
+	}
 	h := fnv.New64a()
 	h.Write([]byte(w.Base))
 	rng := rand.New(rand.NewPCG(a.cfg.Seed, h.Sum64()))
@@ -200,6 +292,21 @@ func (a *Adapter) initWeight(w *Weight) error {
 	return w.B.Zero()
 }
 
+// FreezeNorms computes DoRA's row norms ‖W + s·B·A‖ from the current A
+// and B once and keeps them, instead of recomputing them before every
+// graph computation: for inference, where A and B no longer change, and
+// for checking gradients (the norms are not differentiated through). It
+// has no effect without DoRA. An adapter with frozen norms must not train
+// further.
+func (a *Adapter) FreezeNorms() {
+	for _, w := range a.weights {
+		if w.M != nil {
+			w.frozen = nil
+			w.frozen = w.rowNorms(a.Scale())
+		}
+	}
+}
+
 // Config returns the adapter's configuration.
 func (a *Adapter) Config() Config { return a.cfg }
 
@@ -215,12 +322,12 @@ func (a *Adapter) Weight(base string) *Weight { return a.byBase[base] }
 // Scale returns alpha/r (or alpha/√r with RSLoRA).
 func (a *Adapter) Scale() float32 { return a.cfg.Scale() }
 
-// Params returns every trainable tensor (A and B of each pair) and marks
-// them as graph parameters.
+// Params returns every trainable tensor (A and B of each pair, and DoRA's
+// magnitudes) and marks them as graph parameters.
 func (a *Adapter) Params() ([]*binding.Tensor, error) {
-	out := make([]*binding.Tensor, 0, 2*len(a.weights))
+	out := make([]*binding.Tensor, 0, 3*len(a.weights))
 	for _, w := range a.weights {
-		for _, t := range []*binding.Tensor{w.A, w.B} {
+		for _, t := range w.tensors() {
 			if !t.IsParam() {
 				if err := t.SetParam(); err != nil {
 					return nil, err
@@ -232,13 +339,12 @@ func (a *Adapter) Params() ([]*binding.Tensor, error) {
 	return out, nil
 }
 
-// NumParams returns the number of trainable values.
-func (a *Adapter) NumParams() int64 {
-	var n int64
-	for _, w := range a.weights {
-		n += w.A.Elements() + w.B.Elements()
+// tensors returns A, B and (with DoRA) M.
+func (w *Weight) tensors() []*binding.Tensor {
+	if w.M != nil {
+		return []*binding.Tensor{w.A, w.B, w.M}
 	}
-	return n
+	return []*binding.Tensor{w.A, w.B}
 }
 
 // Close frees the adapter's tensors. It is idempotent.

@@ -119,10 +119,20 @@ type Config struct {
 	Targets []Target `yaml:"targets" json:"targets"`
 	// Layers restricts per-block targets to these block indices (nil: all).
 	Layers []int `yaml:"layers" json:"layers"`
-	Init   Init  `yaml:"init" json:"init"`
+	// LastLayers, if positive, selects the last N blocks instead; Resolve
+	// turns it into Layers for a base model.
+	LastLayers int  `yaml:"last_layers" json:"last_layers,omitempty"`
+	Init       Init `yaml:"init" json:"init"`
 	// RSLoRA scales by alpha/√rank instead of alpha/rank.
-	RSLoRA bool   `yaml:"rslora" json:"rslora"`
-	Seed   uint64 `yaml:"seed" json:"seed"`
+	RSLoRA bool `yaml:"rslora" json:"rslora"`
+	// DoRA adds a learned magnitude per output row (Liu et al. 2024, PEFT's
+	// use_dora): y = m/‖W + s·B·A‖ ⊙ (W + s·B·A)·x, the norm not
+	// differentiated through.
+	DoRA bool `yaml:"dora" json:"use_dora"`
+	// PlusRatio, if positive, trains B with PlusRatio times A's learning
+	// rate (LoRA+, Hayou et al. 2024; the paper's default is 16).
+	PlusRatio float64 `yaml:"lora_plus_ratio" json:"lora_plus_ratio,omitempty"`
+	Seed      uint64  `yaml:"seed" json:"seed"`
 }
 
 // ErrConfig reports an invalid configuration.
@@ -145,12 +155,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: dropout %v must be in [0, 1)", ErrConfig, c.Dropout)
 	case len(c.Targets) == 0:
 		return fmt.Errorf("%w: no targets", ErrConfig)
-	case c.Init != InitKaiming && c.Init != InitGaussian && c.Init != "":
-		return fmt.Errorf("%w: init %q (want kaiming or gaussian)", ErrConfig, c.Init)
+	case c.Init != InitKaiming && c.Init != InitGaussian && c.Init != "" && !c.residual():
+		return fmt.Errorf("%w: init %q (want kaiming, gaussian, pissa or olora)", ErrConfig, c.Init)
+	case c.residual() && c.DoRA:
+		return fmt.Errorf("%w: %s initialisation does not combine with DoRA", ErrConfig, c.Init)
+	case c.PlusRatio < 0 || math.IsNaN(c.PlusRatio) || math.IsInf(c.PlusRatio, 0):
+		return fmt.Errorf("%w: LoRA+ ratio %v (want a positive number, or 0 for plain LoRA)", ErrConfig, c.PlusRatio)
 	}
 	for _, t := range c.Targets {
 		if _, ok := aliases[string(t)]; !ok {
 			return fmt.Errorf("%w: unknown target %q", ErrConfig, t)
+		}
+		if (c.DoRA || c.residual()) && aliases[string(t)] == TargetEmbed {
+			return fmt.Errorf("%w: DoRA and PiSSA/OLoRA do not adapt the token embedding (drop embed from the targets)", ErrConfig)
 		}
 	}
 	for _, l := range c.Layers {

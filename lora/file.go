@@ -20,12 +20,22 @@ var ErrFormat = errors.New("invalid lora adapter file")
 // "adapter", adapter.type "lora", adapter.lora.alpha, tensors
 // <base>.lora_a/.lora_b in F32) with ggtune's settings in extra ggtune.*
 // keys and a.Meta. The file is written atomically.
+//
+// A PiSSA or OLoRA adapter is written as a plain LoRA of rank 2r for the
+// original base model (PEFT's conversion): W − s·B₀·A₀ + s·B·A =
+// W + s·[B, −B₀]·[A; A₀], so llama.cpp, ggtune merge and --adapter load it
+// on the unchanged base.
 func (a *Adapter) Save(path string) error {
-	w, err := binding.NewGGUFWriter(2 * len(a.weights))
+	w, err := binding.NewGGUFWriter(3 * len(a.weights))
 	if err != nil {
 		return fmt.Errorf("save lora %s: %w", path, err)
 	}
 	defer w.Close()
+	cfg := a.cfg
+	if cfg.residual() {
+		cfg.Rank *= 2
+		cfg.Alpha, cfg.RSLoRA = a.Scale()*float32(cfg.Rank), false
+	}
 	targets := make([]string, len(a.cfg.Targets))
 	for i, t := range a.cfg.Targets {
 		targets[i] = string(t)
@@ -37,17 +47,18 @@ func (a *Adapter) Save(path string) error {
 	kvs := []binding.KV{
 		{Key: "general.type", Value: "adapter"},
 		{Key: "general.architecture", Value: a.arch},
-		{Key: "adapter.type", Value: "lora"},
-		{Key: "adapter.lora.alpha", Value: a.cfg.FileAlpha()},
+		{Key: "adapter.type", Value: a.adapterType()},
+		{Key: "adapter.lora.alpha", Value: cfg.FileAlpha()},
 		{Key: "ggtune.format_version", Value: uint32(FormatVersion)},
-		{Key: "ggtune.lora.rank", Value: uint32(a.cfg.Rank)},
-		{Key: "ggtune.lora.alpha", Value: a.cfg.Alpha},
-		{Key: "ggtune.lora.rslora", Value: a.cfg.RSLoRA},
-		{Key: "ggtune.lora.dropout", Value: a.cfg.Dropout},
-		{Key: "ggtune.lora.init", Value: string(a.cfg.Init)},
-		{Key: "ggtune.lora.seed", Value: a.cfg.Seed},
+		{Key: "ggtune.lora.rank", Value: uint32(cfg.Rank)},
+		{Key: "ggtune.lora.alpha", Value: cfg.Alpha},
+		{Key: "ggtune.lora.rslora", Value: cfg.RSLoRA},
+		{Key: "ggtune.lora.dropout", Value: cfg.Dropout},
+		{Key: "ggtune.lora.init", Value: string(cfg.Init)},
+		{Key: "ggtune.lora.seed", Value: cfg.Seed},
 		{Key: "ggtune.lora.targets", Value: targets},
 		{Key: "ggtune.lora.layers", Value: layers},
+		{Key: "ggtune.lora.plus_ratio", Value: cfg.PlusRatio},
 	}
 	for _, kv := range kvs {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
@@ -63,8 +74,8 @@ func (a *Adapter) Save(path string) error {
 		}
 	}
 	for _, p := range a.weights {
-		for _, t := range []*binding.Tensor{p.A, p.B} {
-			vals, err := t.Floats()
+		for _, t := range p.tensors() {
+			vals, err := p.fileValues(t)
 			if err != nil {
 				return fmt.Errorf("save lora %s: %w", path, err)
 			}
@@ -73,7 +84,16 @@ func (a *Adapter) Save(path string) error {
 					return fmt.Errorf("save lora %s: tensor %s holds a non-finite value", path, t.Name())
 				}
 			}
-			if err := w.AddFloats(t.Name(), binding.TypeF32, []int64{t.Dim(0), t.Dim(1)}, vals); err != nil {
+			shape := []int64{t.Dim(0), t.Dim(1)}
+			switch {
+			case t == p.M:
+				shape = shape[:1]
+			case p.A0 != nil && t == p.A:
+				shape[1] *= 2
+			case p.A0 != nil:
+				shape[0] *= 2
+			}
+			if err := w.AddFloats(t.Name(), binding.TypeF32, shape, vals); err != nil {
 				return fmt.Errorf("save lora %s: %w", path, err)
 			}
 		}
@@ -84,9 +104,46 @@ func (a *Adapter) Save(path string) error {
 	return nil
 }
 
+// fileValues returns the values Save writes for t: its own, or for PiSSA
+// and OLoRA the rank-2r factors [A; A₀] ([in, 2r]) and [B, −B₀] ([2r, out]).
+func (p *Weight) fileValues(t *binding.Tensor) ([]float32, error) {
+	vals, err := t.Floats()
+	if err != nil || p.A0 == nil {
+		return vals, err
+	}
+	if t == p.A {
+		a0, err := p.A0.Floats()
+		return append(vals, a0...), err
+	}
+	b0, err := p.B0.Floats()
+	if err != nil {
+		return nil, err
+	}
+	r := int(p.B.Dim(0))
+	out := make([]float32, 0, 2*len(vals))
+	for o := 0; o < len(vals)/r; o++ {
+		out = append(out, vals[o*r:(o+1)*r]...)
+		for _, v := range b0[o*r : (o+1)*r] {
+			out = append(out, -v)
+		}
+	}
+	return out, nil
+}
+
+// adapterType is "dora" for DoRA adapters (which llama.cpp must not load
+// as plain LoRA) and "lora" otherwise.
+func (a *Adapter) adapterType() string {
+	if a.cfg.DoRA {
+		return "dora"
+	}
+	return "lora"
+}
+
 // Load reads a LoRA GGUF (written by ggtune or by llama.cpp's converter)
+// or a DoRA GGUF (adapter.type "dora", with <base>.dora_m magnitudes)
 // into an adapter allocated on backend. If base is not nil the adapter is
-// checked against it (architecture, tensor names and shapes).
+// checked against it (architecture, tensor names and shapes); DoRA needs
+// the base.
 func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapter, error) {
 	f, err := binding.OpenGGUF(path)
 	if err != nil {
@@ -99,8 +156,13 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 	if s, _ := f.String("general.type"); s != "adapter" {
 		return fail("general.type is %q, want \"adapter\"", s)
 	}
-	if s, _ := f.String("adapter.type"); s != "lora" {
-		return fail("adapter.type is %q, want \"lora\"", s)
+	typ, _ := f.String("adapter.type")
+	if typ != "lora" && typ != "dora" {
+		return fail("adapter.type is %q, want \"lora\" or \"dora\"", typ)
+	}
+	dora := typ == "dora"
+	if dora && base == nil {
+		return fail("a DoRA adapter needs its base model")
 	}
 	arch, _ := f.String("general.architecture")
 	if arch == "" {
@@ -108,22 +170,27 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 	}
 	fileAlpha, _ := f.Float("adapter.lora.alpha")
 
-	type pair struct{ a, b *binding.GGUFTensorInfo }
+	type pair struct{ a, b, m *binding.GGUFTensorInfo }
 	pairs := map[string]*pair{}
 	var names []string
 	for i := range f.Tensors() {
 		ti := &f.Tensors()[i]
 		var baseName string
-		var isA bool
+		var isA, isM bool
 		switch {
 		case strings.HasSuffix(ti.Name, ".lora_a"):
 			baseName, isA = strings.TrimSuffix(ti.Name, ".lora_a"), true
 		case strings.HasSuffix(ti.Name, ".lora_b"):
 			baseName = strings.TrimSuffix(ti.Name, ".lora_b")
+		case dora && strings.HasSuffix(ti.Name, ".dora_m"):
+			baseName, isM = strings.TrimSuffix(ti.Name, ".dora_m"), true
 		default:
 			return fail("unexpected tensor %q", ti.Name)
 		}
-		if len(ti.Shape) != 2 {
+		if isM && len(ti.Shape) != 1 {
+			return fail("tensor %q has shape %v, want a vector", ti.Name, ti.Shape)
+		}
+		if !isM && len(ti.Shape) != 2 {
 			return fail("tensor %q has shape %v, want a matrix", ti.Name, ti.Shape)
 		}
 		p := pairs[baseName]
@@ -132,22 +199,28 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 			pairs[baseName] = p
 			names = append(names, baseName)
 		}
-		if isA {
+		switch {
+		case isA:
 			p.a = ti
-		} else {
+		case isM:
+			p.m = ti
+		default:
 			p.b = ti
 		}
 	}
 	if len(pairs) == 0 {
 		return fail("no lora tensors")
 	}
-	cfg := Config{Init: InitKaiming, Dropout: 0}
+	cfg := Config{Init: InitKaiming, Dropout: 0, DoRA: dora}
 	var slots []slot
 	seenTargets := map[Target]bool{}
 	for _, name := range names {
 		p := pairs[name]
 		if p.a == nil || p.b == nil {
 			return fail("tensor pair for %q is missing one half", name)
+		}
+		if dora && (p.m == nil || p.m.Shape[0] != p.b.Shape[1]) {
+			return fail("DoRA magnitude %s.dora_m is missing or does not have %d values", name, p.b.Shape[1])
 		}
 		t, layer, ok := targetOf(name)
 		if !ok {
@@ -213,6 +286,9 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 	if s, ok := f.String("ggtune.lora.init"); ok && (Init(s) == InitGaussian || Init(s) == InitKaiming) {
 		cfg.Init = Init(s)
 	}
+	if v, ok := f.Float("ggtune.lora.plus_ratio"); ok && v >= 0 {
+		cfg.PlusRatio = v
+	}
 	if v, ok := f.Uint("ggtune.lora.seed"); ok {
 		cfg.Seed = v
 	}
@@ -227,8 +303,14 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 	if err != nil {
 		return nil, fmt.Errorf("load lora %s: %w", path, err)
 	}
+	if dora {
+		if err := a.readBase(base); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("load lora %s: %w", path, err)
+		}
+	}
 	for _, w := range a.weights {
-		for _, t := range []*binding.Tensor{w.A, w.B} {
+		for _, t := range w.tensors() {
 			vals, err := f.ReadTensorFloats(t.Name())
 			if err == nil {
 				err = t.SetFloats(vals)

@@ -22,7 +22,8 @@ type MergeOptions struct {
 }
 
 // Merge writes to outPath a copy of the base model basePath with the
-// adapters folded into its weights: W' = W + Σ scale·alpha/r·B·A. Merged
+// adapters folded into its weights: W' = W + Σ scale·alpha/r·B·A (DoRA
+// adapters fold their magnitude in too, see Config.DoRA). Merged
 // weights keep their base type (quantized types are re-quantized) unless
 // opts.Type is set. The file is written atomically.
 func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error {
@@ -67,7 +68,7 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 				return nil, err
 			}
 			for _, s := range pairs {
-				if err := addDelta(vals, shape, s.Adapter.Weight(name), s.Scale*s.Adapter.Scale()); err != nil {
+				if err := s.Adapter.Weight(name).mergeInto(vals, shape, s.Scale, s.Adapter.Scale()); err != nil {
 					return nil, fmt.Errorf("merge %s: %w", name, err)
 				}
 			}
@@ -76,6 +77,40 @@ func Merge(basePath, outPath string, adapters []Scaled, opts MergeOptions) error
 	}
 	if err := ggufpatch.Write(basePath, outPath, patches, nil); err != nil {
 		return fmt.Errorf("merge: %w", err)
+	}
+	return nil
+}
+
+// mergeInto folds the pair at user scale u (and alpha/r = s) into the
+// weight values vals: W + u·s·B·A, or for DoRA (the hook's formula, with
+// the norms of the base weight) W + u·(m/‖W₀ + s·B·A‖ ⊙ (W + s·B·A) − W).
+func (p *Weight) mergeInto(vals []float32, shape []int64, u, s float32) error {
+	if p.A0 != nil {
+		if err := addDelta(vals, shape, &Weight{A: p.A0, B: p.B0}, -u*s); err != nil {
+			return err
+		}
+	}
+	if p.M == nil {
+		return addDelta(vals, shape, p, u*s)
+	}
+	m, err := p.M.Floats()
+	if err != nil {
+		return err
+	}
+	n := p.rowNorms(s)
+	if len(n) != len(m) || len(shape) != 2 || shape[1] != int64(len(m)) {
+		return fmt.Errorf("dora: magnitude of %d values for a weight of shape %v", len(m), shape)
+	}
+	v := append([]float32(nil), vals...)
+	if err := addDelta(v, shape, p, s); err != nil {
+		return err
+	}
+	n0 := shape[0]
+	for o := range m {
+		g := m[o] / max(n[o], 1e-12)
+		for i := int64(o) * n0; i < int64(o+1)*n0; i++ {
+			vals[i] += u * (g*v[i] - vals[i])
+		}
 	}
 	return nil
 }

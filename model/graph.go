@@ -12,6 +12,11 @@ import (
 type attendFunc func(layer int, q, k, v *binding.Tensor) *binding.Tensor
 
 func (b *Builder) norm(x, w *binding.Tensor) *binding.Tensor {
+	for _, h := range b.hooks {
+		if nh, ok := h.(NormHook); ok {
+			w = nh.NormWeight(b, w)
+		}
+	}
 	return b.Ctx.Mul(b.Ctx.RMSNorm(x, b.Model.cfg.RMSEps), w)
 }
 

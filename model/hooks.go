@@ -10,7 +10,7 @@ import (
 // Hook is a value that changes the model's forward pass at named points. It
 // implements any subset of the optional interfaces below (ProjectionHook,
 // EmbeddingHook, PromptHook, PrefixKVHook, AttentionOutputHook,
-// FFNOutputHook, ScaleHook, LayerOutputHook), like http.Flusher. A []Hook is
+// FFNOutputHook, ScaleHook, NormHook, LayerOutputHook), like http.Flusher. A []Hook is
 // applied in order at each point; with no hooks the plain model runs.
 type Hook any
 
@@ -143,6 +143,14 @@ func (s ScaleSite) String() string {
 // vector l [n] (IA3).
 type ScaleHook interface {
 	Scale(b *Builder, layer int, site ScaleSite, x *binding.Tensor) *binding.Tensor
+}
+
+// NormHook changes the weight w of an RMSNorm (LN tuning): w is the base
+// model's tensor, named as in the file (blk.N.attn_norm.weight,
+// blk.N.ffn_norm.weight, blk.N.attn_q_norm.weight, output_norm.weight), and
+// the hook returns the weight to use, of the same shape.
+type NormHook interface {
+	NormWeight(b *Builder, w *binding.Tensor) *binding.Tensor
 }
 
 // LayerOutputHook changes a layer's output h [n_embd, N] after the FFN

@@ -1,16 +1,14 @@
 package prompttune
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/atomicfile"
+	"github.com/ggtune/ggtune/safetensors"
 )
 
 // PEFT's file names in an adapter directory.
@@ -101,11 +99,9 @@ func (p *Prompt) ExportPEFT(dir string, baseModel string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
-	st, err := encodeSafetensors(map[string]stTensor{"prompt_embeddings": {shape: []int64{int64(n), int64(width)}, data: data}})
-	if err != nil {
-		return fmt.Errorf("export peft: %w", err)
-	}
-	if err := atomicfile.WriteBytes(filepath.Join(dir, PEFTWeightsFile), st); err != nil {
+	st := &safetensors.File{Metadata: map[string]string{"format": "pt"}, Tensors: map[string]safetensors.Tensor{
+		"prompt_embeddings": {DType: safetensors.F32, Shape: []int{n, width}, Data: data}}}
+	if err := safetensors.WriteFile(filepath.Join(dir, PEFTWeightsFile), st); err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
 	js, err := json.MarshalIndent(pc, "", "  ")
@@ -131,22 +127,18 @@ func ImportPEFT(dir string, s Shape, backend *binding.Backend) (*Prompt, error) 
 	if err := json.Unmarshal(js, &pc); err != nil {
 		return nil, fmt.Errorf("import peft %s: %w: %v", filepath.Join(dir, PEFTConfigFile), ErrFormat, err)
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, PEFTWeightsFile))
+	st, err := safetensors.ReadFile(filepath.Join(dir, PEFTWeightsFile))
 	if err != nil {
 		return nil, fmt.Errorf("import peft: %w", err)
 	}
-	tensors, err := decodeSafetensors(raw)
-	if err != nil {
-		return nil, fmt.Errorf("import peft %s: %w", filepath.Join(dir, PEFTWeightsFile), err)
-	}
-	emb, ok := tensors["prompt_embeddings"]
+	emb, ok := st.Tensors["prompt_embeddings"]
 	if !ok {
 		return nil, fmt.Errorf("import peft %s: %w: no prompt_embeddings", dir, ErrFormat)
 	}
-	if len(emb.shape) != 2 || int(emb.shape[0]) != pc.NumVirtualTokens {
-		return nil, fmt.Errorf("import peft %s: %w: prompt_embeddings %v for %d virtual tokens", dir, ErrFormat, emb.shape, pc.NumVirtualTokens)
+	if len(emb.Shape) != 2 || emb.Shape[0] != pc.NumVirtualTokens {
+		return nil, fmt.Errorf("import peft %s: %w: prompt_embeddings %v for %d virtual tokens", dir, ErrFormat, emb.Shape, pc.NumVirtualTokens)
 	}
-	n, width := pc.NumVirtualTokens, int(emb.shape[1])
+	n, width := pc.NumVirtualTokens, emb.Shape[1]
 	switch pc.PEFTType {
 	case "PROMPT_TUNING", "P_TUNING":
 		if width != s.NEmbd {
@@ -156,7 +148,7 @@ func ImportPEFT(dir string, s Shape, backend *binding.Backend) (*Prompt, error) 
 		if err != nil {
 			return nil, fmt.Errorf("import peft: %w", err)
 		}
-		if err := p.Embeddings.SetFloats(emb.data); err != nil {
+		if err := p.Embeddings.SetFloats(emb.Data); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("import peft: %w", err)
 		}
@@ -174,8 +166,8 @@ func ImportPEFT(dir string, s Shape, backend *binding.Backend) (*Prompt, error) 
 			k := make([]float32, n*kv)
 			v := make([]float32, n*kv)
 			for j := 0; j < n; j++ {
-				copy(k[j*kv:(j+1)*kv], emb.data[j*width+(2*l)*kv:])
-				copy(v[j*kv:(j+1)*kv], emb.data[j*width+(2*l+1)*kv:])
+				copy(k[j*kv:(j+1)*kv], emb.Data[j*width+(2*l)*kv:])
+				copy(v[j*kv:(j+1)*kv], emb.Data[j*width+(2*l+1)*kv:])
 			}
 			if err := p.Keys[l].SetFloats(k); err != nil {
 				p.Close()
@@ -189,92 +181,4 @@ func ImportPEFT(dir string, s Shape, backend *binding.Backend) (*Prompt, error) 
 		return p, nil
 	}
 	return nil, fmt.Errorf("import peft %s: %w: peft_type %q is not a prompt-learning method", dir, ErrFormat, pc.PEFTType)
-}
-
-type stTensor struct {
-	shape []int64
-	data  []float32
-}
-
-type stHeader struct {
-	DType   string   `json:"dtype"`
-	Shape   []int64  `json:"shape"`
-	Offsets [2]int64 `json:"data_offsets"`
-}
-
-// encodeSafetensors writes F32 tensors in the safetensors format: an 8-byte
-// little-endian header size, a JSON header padded to 8 bytes, the data.
-func encodeSafetensors(ts map[string]stTensor) ([]byte, error) {
-	names := make([]string, 0, len(ts))
-	for k := range ts {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	header := map[string]any{"__metadata__": map[string]string{"format": "pt"}}
-	var body bytes.Buffer
-	for _, name := range names {
-		t := ts[name]
-		start := int64(body.Len())
-		if err := binary.Write(&body, binary.LittleEndian, t.data); err != nil {
-			return nil, err
-		}
-		header[name] = stHeader{DType: "F32", Shape: t.shape, Offsets: [2]int64{start, int64(body.Len())}}
-	}
-	hj, err := json.Marshal(header)
-	if err != nil {
-		return nil, err
-	}
-	for len(hj)%8 != 0 {
-		hj = append(hj, ' ')
-	}
-	out := binary.LittleEndian.AppendUint64(nil, uint64(len(hj)))
-	out = append(out, hj...)
-	return append(out, body.Bytes()...), nil
-}
-
-// decodeSafetensors reads F32, F16 and BF16 tensors from a safetensors file.
-func decodeSafetensors(b []byte) (map[string]stTensor, error) {
-	if len(b) < 8 {
-		return nil, fmt.Errorf("%w: safetensors file of %d bytes", ErrFormat, len(b))
-	}
-	n := binary.LittleEndian.Uint64(b)
-	if n > uint64(len(b)-8) {
-		return nil, fmt.Errorf("%w: safetensors header of %d bytes exceeds the file", ErrFormat, n)
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b[8:8+n], &raw); err != nil {
-		return nil, fmt.Errorf("%w: safetensors header: %v", ErrFormat, err)
-	}
-	data := b[8+n:]
-	out := map[string]stTensor{}
-	for name, msg := range raw {
-		if name == "__metadata__" {
-			continue
-		}
-		var h stHeader
-		if err := json.Unmarshal(msg, &h); err != nil {
-			return nil, fmt.Errorf("%w: tensor %s: %v", ErrFormat, name, err)
-		}
-		typ, ok := map[string]binding.Type{"F32": binding.TypeF32, "F16": binding.TypeF16, "BF16": binding.TypeBF16}[h.DType]
-		if !ok {
-			return nil, fmt.Errorf("%w: tensor %s has dtype %s (want F32, F16 or BF16)", ErrFormat, name, h.DType)
-		}
-		count := int64(1)
-		for _, d := range h.Shape {
-			if d < 0 || (d > 0 && count > int64(len(data))/d) {
-				return nil, fmt.Errorf("%w: tensor %s has shape %v for %d bytes of data", ErrFormat, name, h.Shape, len(data))
-			}
-			count *= d
-		}
-		start, end := h.Offsets[0], h.Offsets[1]
-		if start < 0 || end < start || end > int64(len(data)) || end-start != count*typ.BlockBytes() {
-			return nil, fmt.Errorf("%w: tensor %s has offsets %v for %d %s values", ErrFormat, name, h.Offsets, count, h.DType)
-		}
-		vals, err := binding.DecodeFloats(typ, data[start:end], count)
-		if err != nil {
-			return nil, fmt.Errorf("%w: tensor %s: %v", ErrFormat, name, err)
-		}
-		out[name] = stTensor{shape: h.Shape, data: vals}
-	}
-	return out, nil
 }

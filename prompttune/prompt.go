@@ -147,15 +147,6 @@ func (p *Prompt) Params() ([]*binding.Tensor, error) {
 	return ts, nil
 }
 
-// NumParams returns the number of trainable values.
-func (p *Prompt) NumParams() int64 {
-	var n int64
-	for _, t := range p.Tensors() {
-		n += t.Elements()
-	}
-	return n
-}
-
 // Close frees the prompt's tensors. It is idempotent.
 func (p *Prompt) Close() {
 	if p == nil {

@@ -190,6 +190,37 @@ type lossInputs struct {
 	// loss is what the backward pass differentiates (training graphs):
 	// Σ logits ⊙ stopgrad(∂lossSum/∂logits), whose gradient is that of lossSum.
 	loss *binding.Tensor
+	// order lists the outputs in the order the graph must be built (so that
+	// the chunks of a chunked loss are computed one after the other).
+	order []*binding.Tensor
+	// chunks is the number of chunks of positions of the loss.
+	chunks int
+}
+
+// chunkElems bounds the vocabulary-sized tensors of one chunk of positions
+// (16M elements, 64 MiB of F32): past twice that, the head and the loss are
+// computed chunk by chunk. A variable for tests.
+var chunkElems int64 = 16 << 20
+
+// plainHead returns the frozen output weight W and the hidden states h when
+// logits are exactly W·h (no hook or bias on the output layer, W no
+// parameter), else nils.
+func plainHead(logits *binding.Tensor) (w, h *binding.Tensor) {
+	for logits != nil && (logits.Op() == "RESHAPE" || logits.Op() == "VIEW") {
+		logits = logits.Src(0)
+	}
+	if logits == nil || logits.Op() != "MUL_MAT" {
+		return nil, nil
+	}
+	w, h = logits.Src(0), logits.Src(1)
+	frozen := func(t *binding.Tensor) bool { return t.Op() == "NONE" && !t.IsParam() }
+	if !(frozen(w) || (w.Op() == "CPY" && frozen(w.Src(0)))) {
+		return nil, nil
+	}
+	if h.Dim(2) != 1 || h.Dim(3) != 1 || !h.Contiguous() || h.Type() != binding.TypeF32 {
+		return nil, nil
+	}
+	return w, h
 }
 
 // defaultGraphSize is the node capacity of the forward graph when the
@@ -284,20 +315,58 @@ func (e *Engine) initState() error {
 	return e.seed.SetFloats([]float32{1})
 }
 
-// buildLoss adds the summed cross entropy over the logits.
+// buildLoss adds the summed cross entropy over the logits. When the output
+// layer is a plain frozen product and the logits of the batch are large, it
+// computes the head and the loss in chunks of positions, and each chunk's
+// gradient with respect to the hidden states right away (dh = Wᵀ·∂loss/∂z),
+// so that only one chunk's vocabulary-sized tensors exist at a time: the
+// training loss is then Σ h ⊙ stopgrad(dh).
 func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) lossInputs {
 	n := int64(e.b * e.t)
-	logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
 	in := lossInputs{targets: ctx.NewTensor(binding.TypeI32, n)}
 	if ctx.Err() != nil {
 		return in
 	}
 	in.targets.SetName("targets").SetInput()
-	ce := ctx.SparseCrossEntropy(logits, in.targets)
-	in.lossSum = ctx.Sum(ce.Loss)
-	in.correct = ctx.Sum(ce.Correct)
-	if training {
-		in.loss = ctx.Sum(ctx.Mul(logits, ce.Grad))
+	chunk := n
+	w, h := plainHead(fwd.Logits())
+	if w != nil && h.Dim(1) == n && int64(e.vocab)*n > 2*chunkElems {
+		chunk = max(16, chunkElems/int64(e.vocab)/16*16)
+	}
+	if chunk >= n {
+		logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
+		ce := ctx.SparseCrossEntropy(logits, in.targets)
+		in.lossSum = ctx.Sum(ce.Loss)
+		in.correct = ctx.Sum(ce.Correct)
+		in.order = []*binding.Tensor{in.lossSum, in.correct}
+		if training {
+			in.loss = ctx.Sum(ctx.Mul(logits, ce.Grad))
+			in.order = append(in.order, in.loss)
+		}
+		in.chunks = 1
+	} else {
+		add := func(acc, x *binding.Tensor) *binding.Tensor {
+			if acc == nil {
+				return x
+			}
+			return ctx.Add(acc, x)
+		}
+		for c0 := int64(0); c0 < n && ctx.Err() == nil; c0 += chunk {
+			m := min(chunk, n-c0)
+			in.chunks++
+			hc := ctx.View(h, []int64{h.Dim(0), m}, []int64{h.Stride(1)}, c0*h.Stride(1))
+			tc := ctx.View(in.targets, []int64{m}, nil, c0*4)
+			ce := ctx.SparseCrossEntropy(ctx.MulMat(w, hc), tc)
+			in.lossSum = add(in.lossSum, ctx.Sum(ce.Loss))
+			in.correct = add(in.correct, ctx.Sum(ce.Correct))
+			in.order = append(in.order, in.lossSum, in.correct)
+			if training {
+				// ∂loss/∂h of the chunk, from operands that need no gradient
+				dh := ctx.OutProd(w, ctx.Transpose(ctx.Cont(ce.Grad)))
+				in.loss = add(in.loss, ctx.Sum(ctx.Mul(hc, dh)))
+				in.order = append(in.order, in.loss)
+			}
+		}
 	}
 	if ctx.Err() != nil {
 		return in
@@ -330,7 +399,7 @@ func (e *Engine) buildTrain(builder Builder) error {
 	if e.trainGraph, err = ctx.NewGraph(size, true); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	for _, t := range []*binding.Tensor{e.trainIn.lossSum, e.trainIn.loss} {
+	for _, t := range e.trainIn.order {
 		if err := e.trainGraph.BuildForward(t); err != nil {
 			return fmt.Errorf("new engine: %w", err)
 		}
@@ -368,7 +437,7 @@ func (e *Engine) buildEval(builder Builder) error {
 	if e.evalGraph, err = ctx.NewGraph(size, false); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
-	for _, t := range []*binding.Tensor{e.evalIn.lossSum, e.evalIn.correct} {
+	for _, t := range e.evalIn.order {
 		if err := e.evalGraph.BuildForward(t); err != nil {
 			return fmt.Errorf("new engine: %w", err)
 		}

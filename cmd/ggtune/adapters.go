@@ -9,17 +9,14 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/ggtune/ggtune/binding"
-	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
-	"github.com/ggtune/ggtune/prompttune"
 )
 
-func init() {
-	registerHookFlags(loraHookFlags)
-	registerHookFlags(promptHookFlags)
-}
+func init() { registerHookFlags(adapterHookFlags) }
 
 // errAdapterSpec reports a malformed PATH[:SCALE] argument.
 var errAdapterSpec = errors.New("invalid adapter argument")
@@ -62,79 +59,88 @@ func parseScaled(s string) (scaledPath, error) {
 	return scaledPath{Path: s, Scale: 1}, nil
 }
 
-// loadLoRAs loads the adapters named by PATH[:SCALE] specs for the base
-// model file basePath (each is checked against it) onto backend. The
-// caller closes the adapters.
-func loadLoRAs(specs []string, basePath string, backend *binding.Backend) ([]lora.Scaled, error) {
-	var out []lora.Scaled
-	closeAll := func() {
-		for _, s := range out {
-			s.Adapter.Close()
-		}
-	}
+// adapterSpecs collects PATH[:SCALE] arguments of --adapter and its
+// aliases in command-line order (adapters stack in that order).
+type adapterSpecs []string
+
+func (a *adapterSpecs) String() string { return strings.Join(*a, ",") }
+
+func (a *adapterSpecs) Set(s string) error {
+	*a = append(*a, s)
+	return nil
+}
+
+func (a *adapterSpecs) Type() string { return "stringArray" }
+
+// addAdapterFlags adds --adapter (repeatable) and its aliases --lora and
+// --prompt-adapter to cmd; all three append to specs.
+func addAdapterFlags(fs *pflag.FlagSet, specs *adapterSpecs) {
+	fs.Var(specs, "adapter", "adapter GGUF of any method (LoRA, IA3, soft prompt, ...) as PATH or PATH:SCALE; repeatable: adapters stack in order, each with its own scale (default 1)")
+	fs.Var(specs, "lora", "alias of --adapter")
+	fs.Var(specs, "prompt-adapter", "alias of --adapter")
+}
+
+// loadedAdapter is an adapter file loaded through the method registry.
+type loadedAdapter struct {
+	spec   string
+	scale  float32
+	inst   method.Instance
+	method method.Method
+}
+
+// loadAdapters loads the adapters named by PATH[:SCALE] specs for the base
+// model file basePath (each is checked against it) onto backend,
+// dispatching on each file's adapter.type; m (may be nil) is the loaded
+// model. The caller closes the instances.
+func loadAdapters(specs []string, basePath string, m *model.Model, backend *binding.Backend) ([]loadedAdapter, error) {
 	if len(specs) == 0 {
 		return nil, nil
 	}
-	base, err := binding.OpenGGUF(basePath)
+	var out []loadedAdapter
+	closeAll := func() {
+		for _, a := range out {
+			a.inst.Close()
+		}
+	}
+	env, err := method.NewEnv(basePath, m, backend)
 	if err != nil {
 		return nil, err
 	}
-	defer base.Close()
+	defer env.Close()
 	for _, spec := range specs {
 		sp, err := parseScaled(spec)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("--lora: %w", err)
+			return nil, fmt.Errorf("--adapter: %w", err)
 		}
-		a, err := lora.Load(sp.Path, base, backend)
+		inst, meth, err := method.Open(sp.Path, env)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("--lora %s: %w", spec, err)
+			return nil, fmt.Errorf("--adapter %s: %w", spec, err)
 		}
-		out = append(out, lora.Scaled{Adapter: a, Scale: sp.Scale})
+		out = append(out, loadedAdapter{spec: spec, scale: sp.Scale, inst: inst, method: meth})
 	}
 	return out, nil
 }
 
-// loraHookFlags adds --lora (repeatable PATH[:SCALE]) to commands that run
-// the model; each adapter becomes a hook with its own scale, so several
-// adapters apply at once.
-func loraHookFlags(cmd *cobra.Command) func(m *model.Model) ([]model.Hook, func(), error) {
-	var specs []string
-	cmd.Flags().StringArrayVar(&specs, "lora", nil,
-		"LoRA adapter GGUF to apply, as PATH or PATH:SCALE (repeatable: adapters stack, each with its own scale; default scale 1)")
+// adapterHookFlags adds --adapter (and its aliases) to commands that run
+// the model; each adapter becomes hooks with its own scale.
+func adapterHookFlags(cmd *cobra.Command) func(m *model.Model) ([]model.Hook, func(), error) {
+	var specs adapterSpecs
+	addAdapterFlags(cmd.Flags(), &specs)
 	return func(m *model.Model) ([]model.Hook, func(), error) {
-		adapters, err := loadLoRAs(specs, m.Path(), m.Backend())
+		adapters, err := loadAdapters(specs, m.Path(), m, m.Backend())
 		if err != nil {
 			return nil, nil, err
 		}
-		hooks := make([]model.Hook, len(adapters))
-		for i, s := range adapters {
-			hooks[i] = s.Adapter.Hook(s.Scale)
+		var hooks []model.Hook
+		for _, a := range adapters {
+			hooks = append(hooks, a.inst.Hooks(a.scale)...)
 		}
 		return hooks, func() {
-			for _, s := range adapters {
-				s.Adapter.Close()
+			for _, a := range adapters {
+				a.inst.Close()
 			}
 		}, nil
-	}
-}
-
-// promptHookFlags adds --prompt-adapter (a soft-prompt GGUF written by
-// `ggtune train prompt|prefix|ptuning` or `ggtune import-peft`) to commands
-// that run the model; it combines with --lora.
-func promptHookFlags(cmd *cobra.Command) func(m *model.Model) ([]model.Hook, func(), error) {
-	var path string
-	cmd.Flags().StringVar(&path, "prompt-adapter", "",
-		"soft-prompt adapter GGUF (prompt, prefix or P-tuning) to apply; combines with --lora")
-	return func(m *model.Model) ([]model.Hook, func(), error) {
-		if path == "" {
-			return nil, nil, nil
-		}
-		p, err := prompttune.Load(path, prompttune.ShapeOf(m.Config()), m.Backend())
-		if err != nil {
-			return nil, nil, fmt.Errorf("--prompt-adapter: %w", err)
-		}
-		return []model.Hook{p.Hook()}, p.Close, nil
 	}
 }

@@ -21,7 +21,7 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/randmodel"
-	"github.com/ggtune/ggtune/lora"
+	ggmethod "github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/prompttune"
 	"github.com/ggtune/ggtune/train"
 )
@@ -148,12 +148,16 @@ func newBenchWorkerCmd() *cobra.Command {
 			}
 			defer os.RemoveAll(dir)
 			var rates []float64
-			meth, err := finetune.ParseMethod(method)
+			meth, err := ggmethod.Get(method)
 			if err != nil {
 				return err
 			}
-			j := finetune.Job{Method: meth, Model: modelPath, Data: dataPath, Output: filepath.Join(dir, "out.gguf"),
-				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1, LoRA: lora.DefaultConfig(),
+			cfg := meth.NewConfig()
+			if p, ok := cfg.(*prompttune.Config); ok {
+				p.NumVirtual, p.Init = 16, prompttune.InitRandom
+			}
+			j := finetune.Job{Method: meth.Name(), Config: cfg, Model: modelPath, Data: dataPath, Output: filepath.Join(dir, "out.gguf"),
+				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1,
 				Train: train.Config{Steps: steps, GradAccum: 1, Optimizer: train.DefaultAdamW(),
 					Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-5}, Progress: io.Discard,
 					OnMetrics: func(m train.Metrics) {
@@ -161,10 +165,6 @@ func newBenchWorkerCmd() *cobra.Command {
 							rates = append(rates, m.TokensPerSec)
 						}
 					}}}
-			if meth == finetune.Prompt || meth == finetune.Prefix {
-				pm, _ := prompttune.ParseMethod(method)
-				j.Prompt = prompttune.Config{Method: pm, NumVirtual: 16, Init: prompttune.InitRandom, Seed: 1}
-			}
 			if _, err := finetune.Run(context.Background(), j); err != nil {
 				return err
 			}

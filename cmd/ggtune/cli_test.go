@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -237,6 +239,44 @@ func TestCLI(t *testing.T) {
 		assert.Regexp(t, `^loss \d+\.\d+  perplexity \d+\.\d+  accuracy \d+\.\d+%  \(\d+ tokens\)\n$`, out)
 	})
 
+	t.Run("every method through --adapter and merge", func(t *testing.T) {
+		for _, tc := range []struct {
+			method    string
+			flags     []string
+			mergeable bool
+		}{
+			{"ia3", nil, true},
+			{"dora", nil, true},
+			{"lora", []string{"--dora", "--lora-plus-ratio", "16", "--lr", "2e-3"}, true},
+			{"lntune", nil, true},
+			{"bottleneck", []string{"--placement", "pfeiffer", "--bottleneck", "8"}, false},
+		} {
+			t.Run(tc.method, func(t *testing.T) {
+				out := filepath.Join(f.dir, tc.method+"-adapter.gguf")
+				mustGgtune(t, append([]string{"train", tc.method, "-m", f.model, "--data", f.train, "-o", out, "--steps", "10", "--ctx", "32",
+					"--lr", "3e-2", "-t", "2", "--metrics", "none", "--plot", "none"}, tc.flags...)...)
+				assert.Contains(t, mustGgtune(t, "info", out, "--no-tensors"), "method ")
+				g := generate(t, "-m", f.model, "--adapter", out, "-n", "12")
+				evalWith := func(args ...string) float64 {
+					var e evaluation
+					out := mustGgtune(t, append([]string{"eval", "-m", f.model, "--data", f.val, "--ctx", "32", "--max-batches", "2", "--json", "-t", "2"}, args...)...)
+					require.NoError(t, json.Unmarshal([]byte(out), &e))
+					return e.Loss
+				}
+				assert.Less(t, evalWith("--adapter", out), evalWith(), "the adapter lowers the held-out loss")
+				merged := filepath.Join(f.dir, tc.method+"-merged.gguf")
+				_, _, err := ggtune(t, "merge", "-m", f.model, "--adapter", out, "-o", merged, "--type", "f32")
+				if !tc.mergeable {
+					require.Error(t, err)
+					assert.Contains(t, err.Error(), "cannot be folded")
+					return
+				}
+				require.NoError(t, err)
+				assert.Equal(t, g.IDs, newLlama(t, merged, "", 0).greedy(t, g.PromptIDs, 12), "libllama on the merged file = our graph with the adapter")
+			})
+		}
+	})
+
 	t.Run("config equals flags", func(t *testing.T) {
 		flags := []string{"-m", f.model, "--data", f.train, "-o", adapter, "--steps", "7", "--lr", "0.003", "--targets", "q,v",
 			"--layers", "last:2", "--rslora", "--grad-accum", "2", "--val-split", "0.1", "--schedule", "linear", "--warmup", "2"}
@@ -287,6 +327,16 @@ func TestCLI(t *testing.T) {
 	})
 
 	t.Run("errors", func(t *testing.T) {
+		unknownType := filepath.Join(f.dir, "frob.gguf")
+		w, err := binding.NewGGUFWriter(1)
+		require.NoError(t, err)
+		for _, kv := range []binding.KV{{Key: "general.type", Value: "adapter"}, {Key: "general.architecture", Value: "llama"}, {Key: "adapter.type", Value: "frobnicate"}} {
+			require.NoError(t, w.Set(kv.Key, kv.Value))
+		}
+		require.NoError(t, w.AddFloats("x", binding.TypeF32, []int64{1}, []float32{0}))
+		require.NoError(t, w.WriteFile(unknownType))
+		w.Close()
+		prompt := filepath.Join(f.dir, "prompt.gguf")
 		badCfg := filepath.Join(f.dir, "bad.yaml")
 		require.NoError(t, os.WriteFile(badCfg, []byte("model: m.gguf\nrnak: 4\n"), 0o644))
 		for _, tc := range []struct {
@@ -301,14 +351,16 @@ func TestCLI(t *testing.T) {
 			{"steps and epochs", []string{"train", "full", "-m", f.model, "--data", f.train, "-o", adapter, "--steps", "5", "--epochs", "1"}, "exclusive"},
 			{"bad schedule", []string{"train", "head", "-m", f.model, "--data", f.train, "-o", adapter, "--schedule", "cubic"}, "want constant, linear or cosine"},
 			{"empty init text", []string{"train", "prompt", "-m", f.model, "--data", f.train, "-o", adapter, "--init", "text:"}, "text init without text"},
-			{"unknown method", []string{"train", "dora"}, `unknown method "dora"`},
+			{"unknown method", []string{"train", "frob"}, `unknown method "frob"`},
 			{"unknown config key", []string{"train", "lora", "--config", badCfg}, `bad.yaml:2: invalid config file: unknown key "rnak"`},
 			{"resume without checkpoint", []string{"train", "lora", "-m", f.model, "--data", f.train, "-o", filepath.Join(f.dir, "new.gguf"), "--resume"}, "no checkpoint"},
 			{"bad scale", []string{"generate", "-m", f.model, "--lora", adapter + ":abc"}, `scale "abc" is not a number`},
 			{"infinite scale", []string{"merge", "-m", f.model, "--lora", adapter + ":inf", "-o", filepath.Join(f.dir, "x.gguf")}, "not a finite number"},
 			{"missing adapter", []string{"eval", "-m", f.model, "--data", f.val, "--lora", filepath.Join(f.dir, "none.gguf")}, "none.gguf"},
 			{"bad merge type", []string{"merge", "-m", f.model, "--lora", adapter, "-o", filepath.Join(f.dir, "x.gguf"), "--type", "q9"}, `unknown type name "q9"`},
-			{"not a prompt adapter", []string{"eval", "-m", f.model, "--data", f.val, "--prompt-adapter", adapter}, "adapter.type"},
+			{"not an adapter", []string{"eval", "-m", f.model, "--data", f.val, "--adapter", f.model}, "not an adapter file"},
+			{"unknown adapter type", []string{"generate", "-m", f.model, "--adapter", unknownType}, `unknown adapter type "frobnicate"`},
+			{"merge a soft prompt", []string{"merge", "-m", f.model, "--adapter", prompt, "-o", filepath.Join(f.dir, "x.gguf")}, "cannot be folded"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				_, _, err := ggtune(t, tc.args...)
@@ -379,5 +431,20 @@ func TestParseScaled(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, scaledPath{tc.path, tc.scale}, got)
 		})
+	}
+}
+
+// TestTrainVerbsFromRegistry checks that `ggtune train` has one verb per
+// registered method, each with its default learning rate and own flags.
+func TestTrainVerbsFromRegistry(t *testing.T) {
+	help := mustGgtune(t, "train", "--help")
+	for _, m := range method.All() {
+		assert.Contains(t, help, m.Name(), "ggtune train --help lists %s", m.Name())
+		sub := mustGgtune(t, "train", m.Name(), "--help")
+		assert.Contains(t, sub, fmt.Sprintf("(default %g)", m.Info().LR), "%s: default learning rate", m.Name())
+	}
+	for verb, flag := range map[string]string{"lora": "--lora-plus-ratio", "dora": "--rank", "ia3": "--targets",
+		"bottleneck": "--placement", "head": "--train-layers", "ptuning": "--encoder"} {
+		assert.Contains(t, mustGgtune(t, "train", verb, "--help"), flag, "ggtune train %s has %s", verb, flag)
 	}
 }

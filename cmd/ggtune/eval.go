@@ -24,9 +24,9 @@ func newEvalCmd() *cobra.Command {
 		asJSON                               bool
 	)
 	cmd := &cobra.Command{
-		Use:   "eval -m MODEL --data FILE [--lora A[:SCALE]]... [--prompt-adapter FILE]",
+		Use:   "eval -m MODEL --data FILE [--adapter A[:SCALE]]...",
 		Short: "Measure a model's loss, perplexity and token accuracy on a data file",
-		Long: "Evaluate the model (with any LoRA adapters and soft prompt) on a data file, read and\n" +
+		Long: "Evaluate the model (with any adapters: LoRA, IA3, soft prompts, ...) on a data file, read and\n" +
 			"batched exactly as `ggtune train` reads validation data: the mean cross-entropy over the\n" +
 			"trained tokens (completions and assistant turns unless --train-on-prompt), its\n" +
 			"perplexity exp(loss), and the fraction of those tokens the model predicts exactly\n" +

@@ -7,8 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ggtune/ggtune/binding"
-	"github.com/ggtune/ggtune/model"
-	"github.com/ggtune/ggtune/prompttune"
+	"github.com/ggtune/ggtune/method"
 )
 
 func init() {
@@ -16,28 +15,24 @@ func init() {
 	register(newImportPEFTCmd)
 }
 
-// promptShape reads the soft-prompt shape of the model file path (its
-// header only; the weights are not loaded) and returns a CPU backend for
-// the prompt's tensors (the caller closes it) and the model's name.
-func promptShape(path string) (prompttune.Shape, *binding.Backend, string, error) {
-	f, err := binding.OpenGGUF(path)
-	if err != nil {
-		return prompttune.Shape{}, nil, "", err
-	}
-	defer f.Close()
-	cfg, err := model.ReadConfig(f)
-	if err != nil {
-		return prompttune.Shape{}, nil, "", err
-	}
+// baseEnv opens the header of the base model file path (the weights are
+// not loaded) with a CPU backend for an adapter's tensors, and returns the
+// model's name; closeAll frees both.
+func baseEnv(path string) (env *method.Env, name string, closeAll func(), err error) {
 	backend, err := binding.NewCPUBackend(1)
 	if err != nil {
-		return prompttune.Shape{}, nil, "", err
+		return nil, "", nil, err
 	}
-	name := cfg.Name
+	env, err = method.NewEnv(path, nil, backend)
+	if err != nil {
+		backend.Close()
+		return nil, "", nil, err
+	}
+	name = env.Config.Name
 	if name == "" {
 		name = filepath.Base(path)
 	}
-	return prompttune.ShapeOf(cfg), backend, name, nil
+	return env, name, func() { env.Close(); backend.Close() }, nil
 }
 
 // newExportPEFTCmd builds `ggtune export-peft`: write a soft-prompt
@@ -45,10 +40,10 @@ func promptShape(path string) (prompttune.Shape, *binding.Backend, string, error
 func newExportPEFTCmd() *cobra.Command {
 	var in, modelPath, out string
 	cmd := &cobra.Command{
-		Use:   "export-peft --prompt-adapter FILE -m MODEL -o DIR",
-		Short: "Export a soft prompt (prompt, prefix or P-tuning) to a Hugging Face PEFT directory",
-		Long: "Write DIR/adapter_model.safetensors (prompt_embeddings) and DIR/adapter_config.json so\n" +
-			"that PEFT loads the soft prompt for inference. P-tuning exports its encoder's output (as\n" +
+		Use:   "export-peft --adapter FILE -m MODEL -o DIR",
+		Short: "Export an adapter (soft prompts: prompt, prefix, P-tuning) to a Hugging Face PEFT directory",
+		Long: "Write DIR/adapter_model.safetensors and DIR/adapter_config.json so that PEFT loads the\n" +
+			"adapter for inference; the adapter's method must support PEFT export. P-tuning exports its encoder's output (as\n" +
 			"PEFT saves it); prefix tuning exports the per-layer keys and values in PEFT's\n" +
 			"past_key_values layout without the reparameterisation MLP. -m is the base model the\n" +
 			"prompt was trained for (its shape is checked and its name recorded).",
@@ -56,31 +51,36 @@ func newExportPEFTCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case in == "":
-				return fmt.Errorf("export-peft: %w: --prompt-adapter FILE is required", errUsage)
+				return fmt.Errorf("export-peft: %w: --adapter FILE is required", errUsage)
 			case modelPath == "":
 				return fmt.Errorf("export-peft: %w: -m MODEL is required", errUsage)
 			case out == "":
 				return fmt.Errorf("export-peft: %w: -o DIR is required", errUsage)
 			}
-			shape, backend, name, err := promptShape(modelPath)
+			env, name, closeAll, err := baseEnv(modelPath)
 			if err != nil {
 				return fmt.Errorf("export-peft: %w", err)
 			}
-			defer backend.Close()
-			p, err := prompttune.Load(in, shape, backend)
+			defer closeAll()
+			inst, m, err := method.Open(in, env)
 			if err != nil {
 				return fmt.Errorf("export-peft: %w", err)
 			}
-			defer p.Close()
-			if err := p.ExportPEFT(out, name); err != nil {
+			defer inst.Close()
+			ex, ok := inst.(method.PEFTExporter)
+			if !ok {
+				return fmt.Errorf("export-peft: %s: %w: %s adapters have no PEFT export", in, method.ErrUnsupported, m.Name())
+			}
+			if err := ex.ExportPEFT(out, name); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "exported %s (%s, %d virtual tokens) to %s\n", in, p.Config().Method, p.Config().NumVirtual, out)
+			fmt.Fprintf(cmd.OutOrStdout(), "exported %s (%s) to %s\n", in, m.Name(), out)
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&in, "prompt-adapter", "", "soft-prompt GGUF written by `ggtune train prompt|prefix|ptuning` (required)")
+	f.StringVar(&in, "adapter", "", "adapter GGUF written by `ggtune train` (required)")
+	f.StringVar(&in, "prompt-adapter", "", "alias of --adapter")
 	f.StringVarP(&modelPath, "model", "m", "", "the base model GGUF the prompt was trained for (required)")
 	f.StringVarP(&out, "output", "o", "", "directory to write (created if needed; required)")
 	return cmd
@@ -92,9 +92,9 @@ func newImportPEFTCmd() *cobra.Command {
 	var modelPath, out string
 	cmd := &cobra.Command{
 		Use:   "import-peft DIR -m MODEL -o FILE.gguf",
-		Short: "Import a Hugging Face PEFT soft prompt (PROMPT_TUNING, P_TUNING, PREFIX_TUNING) as a GGUF",
+		Short: "Import a Hugging Face PEFT adapter (soft prompts: PROMPT_TUNING, P_TUNING, PREFIX_TUNING) as a GGUF",
 		Long: "Read DIR/adapter_config.json and DIR/adapter_model.safetensors (the layout export-peft\n" +
-			"writes) for the base model -m and write a soft-prompt GGUF for --prompt-adapter. A\n" +
+			"writes) for the base model -m with the method that imports its peft_type, and write a GGUF for --adapter. A\n" +
 			"P-tuning adapter becomes plain prompt tuning (PEFT stores only the encoder's output).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -104,20 +104,20 @@ func newImportPEFTCmd() *cobra.Command {
 			case out == "":
 				return fmt.Errorf("import-peft: %w: -o FILE.gguf is required", errUsage)
 			}
-			shape, backend, _, err := promptShape(modelPath)
+			env, _, closeAll, err := baseEnv(modelPath)
 			if err != nil {
 				return fmt.Errorf("import-peft: %w", err)
 			}
-			defer backend.Close()
-			p, err := prompttune.ImportPEFT(args[0], shape, backend)
+			defer closeAll()
+			inst, m, err := method.ImportPEFT(args[0], env)
 			if err != nil {
 				return err
 			}
-			defer p.Close()
-			if err := p.Save(out); err != nil {
+			defer inst.Close()
+			if err := inst.Save(out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "imported %s (%s, %d virtual tokens) to %s\n", args[0], p.Config().Method, p.Config().NumVirtual, out)
+			fmt.Fprintf(cmd.OutOrStdout(), "imported %s (%s) to %s\n", args[0], m.Name(), out)
 			return nil
 		},
 	}

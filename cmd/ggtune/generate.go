@@ -16,7 +16,7 @@ func init() { register(newGenerateCmd) }
 
 // hookFlagFunc adds flags to a command and returns the function that turns
 // them into hooks once the model is loaded (the cleanup frees what the hooks
-// hold). Packages that provide hooks (LoRA adapters, soft prompts) register
+// hold). Packages that provide hooks (adapters of every method) register
 // one with registerHookFlags, and every command that runs the model gets
 // their flags.
 type hookFlagFunc func(cmd *cobra.Command) func(m *model.Model) (hooks []model.Hook, cleanup func(), err error)

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 )
 
@@ -99,6 +100,16 @@ func printInfo(out io.Writer, f *binding.GGUFFile, ctxLen int, tensors bool) err
 	sort.Strings(types)
 	fmt.Fprintf(out, "\nparameters: %d (%.2fM), weights %s [%s]\n", params, float64(params)/1e6, humanBytes(bytes), strings.Join(types, ", "))
 
+	if gt, _ := f.String("general.type"); gt == "adapter" {
+		typ, _ := f.String("adapter.type")
+		m, err := method.ForAdapterType(typ)
+		if err != nil {
+			fmt.Fprintf(out, "adapter: %v\n", err)
+			return nil
+		}
+		fmt.Fprintf(out, "adapter: %s, method %s (apply with --adapter FILE; continue with ggtune train %s --init-from FILE)\n", typ, m.Name(), m.Name())
+		return nil
+	}
 	cfg, err := model.ReadConfig(f)
 	if err != nil {
 		fmt.Fprintf(out, "runnable by ggtune: no (%v)\n", err)

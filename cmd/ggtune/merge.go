@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ggtune/ggtune/binding"
-	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
 )
 
 func init() { register(newMergeCmd) }
@@ -19,14 +19,14 @@ func init() { register(newMergeCmd) }
 func newMergeCmd() *cobra.Command {
 	var (
 		base, out, typ string
-		specs          []string
+		specs          adapterSpecs
 		threads        int
 	)
 	cmd := &cobra.Command{
-		Use:   "merge -m BASE --lora A[:SCALE] [--lora B[:SCALE]]... -o OUT.gguf",
-		Short: "Merge LoRA adapters into a base model (a full GGUF)",
-		Long: "Write a copy of the base model with the adapters folded into its weights:\n" +
-			"W' = W + sum(scale * alpha/r * B*A), llama.cpp's --lora-scaled semantics. The merged\n" +
+		Use:   "merge -m BASE --adapter A[:SCALE] [--adapter B[:SCALE]]... -o OUT.gguf",
+		Short: "Merge adapters (LoRA, IA3, DoRA, ...) into a base model (a full GGUF)",
+		Long: "Write a copy of the base model with the adapters folded into its weights, in order:\n" +
+			"for LoRA W' = W + sum(scale * alpha/r * B*A), llama.cpp's --lora-scaled semantics. The merged\n" +
 			"matrices keep their base type (quantized ones are re-quantized) unless --type is given;\n" +
 			"every other tensor and all metadata are copied unchanged. The file is written atomically.",
 		Args: cobra.NoArgs,
@@ -35,11 +35,11 @@ func newMergeCmd() *cobra.Command {
 			case base == "":
 				return fmt.Errorf("merge: %w: -m BASE is required", errUsage)
 			case len(specs) == 0:
-				return fmt.Errorf("merge: %w: at least one --lora ADAPTER[:SCALE] is required", errUsage)
+				return fmt.Errorf("merge: %w: at least one --adapter FILE[:SCALE] is required", errUsage)
 			case out == "":
 				return fmt.Errorf("merge: %w: -o OUT.gguf is required", errUsage)
 			}
-			var opts lora.MergeOptions
+			var opts method.MergeOptions
 			if typ != "" {
 				t, err := binding.TypeByName(typ)
 				if err != nil {
@@ -55,25 +55,25 @@ func newMergeCmd() *cobra.Command {
 				return err
 			}
 			defer backend.Close()
-			adapters, err := loadLoRAs(specs, base, backend)
+			adapters, err := loadAdapters(specs, base, nil, backend)
 			if err != nil {
 				return fmt.Errorf("merge: %w", err)
 			}
-			defer func() {
-				for _, a := range adapters {
-					a.Adapter.Close()
-				}
-			}()
+			scaled := make([]method.Scaled, len(adapters))
+			for i, a := range adapters {
+				defer a.inst.Close()
+				scaled[i] = method.Scaled{Instance: a.inst, Scale: a.scale, Name: a.spec}
+			}
 			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 				return fmt.Errorf("merge: %w", err)
 			}
-			if err := lora.Merge(base, out, adapters, opts); err != nil {
+			if err := method.Merge(base, out, scaled, opts); err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "merged into %s:", out)
-			for i, a := range adapters {
-				fmt.Fprintf(w, " %s (scale %g, %d matrices)", specs[i], a.Scale, len(a.Adapter.Weights()))
+			for _, a := range adapters {
+				fmt.Fprintf(w, " %s (%s, scale %g)", a.spec, a.method.Name(), a.scale)
 			}
 			fmt.Fprintln(w)
 			return nil
@@ -81,7 +81,7 @@ func newMergeCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVarP(&base, "model", "m", "", "base model GGUF (required)")
-	f.StringArrayVar(&specs, "lora", nil, "LoRA adapter GGUF as PATH or PATH:SCALE (repeatable; default scale 1)")
+	addAdapterFlags(f, &specs)
 	f.StringVarP(&out, "output", "o", "", "merged model GGUF to write (required)")
 	f.StringVar(&typ, "type", "", "element type of the merged matrices, e.g. f32, f16, bf16, q8_0 (default: each keeps its base type)")
 	f.IntVarP(&threads, "threads", "t", 0, "CPU threads (0: all)")

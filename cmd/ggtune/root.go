@@ -16,6 +16,8 @@ func newRootCmd() *cobra.Command {
 		Short:         "Fine-tune and run GGUF language models on llama.cpp's ggml runtime",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// -m hf://OWNER/REPO/FILE.gguf (or https://) on every command.
+		PersistentPreRunE: resolveModelFlag,
 	}
 	for _, f := range subcommands {
 		root.AddCommand(f())

@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,9 +18,8 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/finetune"
-	"github.com/ggtune/ggtune/lora"
-	"github.com/ggtune/ggtune/model"
-	"github.com/ggtune/ggtune/prompttune"
+	"github.com/ggtune/ggtune/method"
+	_ "github.com/ggtune/ggtune/method/builtin" // the built-in methods
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -31,35 +28,14 @@ func init() { register(newTrainCmd) }
 // errUsage reports invalid or missing command-line arguments.
 var errUsage = errors.New("invalid arguments")
 
-// methodInfo describes one `ggtune train` subcommand.
-type methodInfo struct {
-	method finetune.Method
-	short  string
-	output string  // what -o holds
-	lr     float64 // default learning rate
-	init   string  // default --init ("" : no --init flag)
-}
-
-// trainMethods lists the methods in the order of `ggtune train --help`.
-// Default learning rates follow common practice for each method (PEFT's
-// examples, the QLoRA paper, HF Trainer).
-var trainMethods = []methodInfo{
-	{finetune.LoRA, "LoRA: train low-rank adapters on a frozen base (any base type, quantized included)", "LoRA adapter GGUF (llama.cpp format)", 2e-4, "kaiming"},
-	{finetune.Full, "Full fine-tuning: train every weight (as F32)", "full model GGUF", 5e-5, ""},
-	{finetune.Head, "Head-only fine-tuning: train the output layer (and optionally the last blocks)", "full model GGUF", 1e-4, ""},
-	{finetune.Prompt, "Prompt tuning: learn virtual token embeddings before the input", "soft-prompt GGUF", 3e-2, "random"},
-	{finetune.Prefix, "Prefix tuning: learn per-layer keys and values before the sequence", "soft-prompt GGUF", 1e-2, "random"},
-	{finetune.PTuning, "P-tuning: learn virtual tokens produced by an MLP prompt encoder", "soft-prompt GGUF", 1e-3, "random"},
-}
-
 // newTrainCmd builds `ggtune train`, the parent of one subcommand per
 // fine-tuning method.
 func newTrainCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "train METHOD -m MODEL --data FILE -o OUT.gguf [flags]",
-		Short: "Fine-tune a model: lora, full, head, prompt, prefix or ptuning",
+		Short: "Fine-tune a model: " + strings.Join(method.Names(), ", "),
 		Long: "Fine-tune a GGUF model on a data file with one of the methods below and write the result\n" +
-			"to -o: a LoRA adapter (loadable by llama.cpp and Ollama), a full model, or a soft prompt.\n" +
+			"to -o: an adapter (a LoRA adapter loads in llama.cpp and Ollama), a full model, or a soft prompt.\n" +
 			"Data: plain text, JSONL/JSON with text, prompt/completion, Alpaca or chat records\n" +
 			"(detected, or --format). Progress goes to stderr; metrics to OUT.metrics.jsonl and a loss\n" +
 			"plot to OUT.loss.png. Ctrl-C stops after the current step and writes OUT.gguf.ckpt;\n" +
@@ -74,22 +50,24 @@ func newTrainCmd() *cobra.Command {
 		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return fmt.Errorf("train: %w: unknown method %q (want lora, full, head, prompt, prefix or ptuning)", errUsage, args[0])
+				_, err := method.Get(args[0])
+				return fmt.Errorf("train: %w: %w", errUsage, err)
 			}
-			return fmt.Errorf("train: %w: choose a method: ggtune train lora|full|head|prompt|prefix|ptuning (see ggtune train --help)", errUsage)
+			return fmt.Errorf("train: %w: choose a method: ggtune train %s (see ggtune train --help)", errUsage, strings.Join(method.Names(), "|"))
 		},
 	}
-	for _, mi := range trainMethods {
-		cmd.AddCommand(newTrainMethodCmd(mi))
+	for _, m := range method.All() {
+		cmd.AddCommand(newTrainMethodCmd(m))
 	}
 	return cmd
 }
 
-// trainOpts holds the flags of a `ggtune train METHOD` command.
+// trainOpts holds the shared flags of a `ggtune train METHOD` command
+// (the method's own are bound to its configuration).
 type trainOpts struct {
-	config, model, data, val, output, initFrom, encoder string
-	valSplit                                            float64
-	dryRun, asJSON                                      bool
+	config, model, data, val, output, initFrom string
+	valSplit                                   float64
+	dryRun, asJSON                             bool
 
 	steps, ctx, batch, gradAccum   int
 	epochs                         float64
@@ -111,26 +89,18 @@ type trainOpts struct {
 	noPack, trainOnPrompt, skipBad bool
 	format, chatTemplate           string
 	stride                         int
-
-	rank                  int
-	alpha, dropout        float32
-	targets, layers, init string
-	rslora                bool
-
-	trainLayers string
-
-	virtualTokens, encoderHidden int
-	reparam                      bool
 }
 
 // newTrainMethodCmd builds `ggtune train METHOD` for one method, with the
 // shared training flags and the method's own.
-func newTrainMethodCmd(mi methodInfo) *cobra.Command {
+func newTrainMethodCmd(m method.Method) *cobra.Command {
 	var o trainOpts
+	mi := m.Info()
+	mcfg := m.NewConfig()
 	cmd := &cobra.Command{
-		Use:   string(mi.method) + " -m MODEL --data FILE -o OUT.gguf",
-		Short: mi.short,
-		Long: mi.short + ".\n-o is the " + mi.output + " to write; the checkpoint OUT.gguf.ckpt, metrics\n" +
+		Use:   m.Name() + " -m MODEL --data FILE -o OUT.gguf",
+		Short: mi.Short,
+		Long: mi.Short + ".\n-o is the " + mi.Output + " to write; the checkpoint OUT.gguf.ckpt, metrics\n" +
 			"OUT.metrics.jsonl and loss plot OUT.loss.png go beside it (OUT is -o without .gguf).",
 		Args: cobra.NoArgs,
 	}
@@ -141,14 +111,14 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 	f.StringVar(&o.data, "data", "", "training data: plain text, or JSONL/JSON records (required)")
 	f.StringVar(&o.val, "val", "", "validation data file (held-out loss, perplexity and accuracy)")
 	f.Float64Var(&o.valSplit, "val-split", 0, "hold out this fraction of --data for validation when --val is not given")
-	f.StringVarP(&o.output, "output", "o", "", "output file: the "+mi.output+" (required)")
+	f.StringVarP(&o.output, "output", "o", "", "output file: the "+mi.Output+" (required)")
 
 	f.IntVar(&o.steps, "steps", 100, "optimizer steps (or give --epochs instead)")
 	f.Float64Var(&o.epochs, "epochs", 0, "train for this many passes over the data instead of --steps (fractions allowed)")
 	f.IntVar(&o.ctx, "ctx", 256, "tokens per training sequence (T)")
 	f.IntVar(&o.batch, "batch", 4, "sequences per micro batch (B)")
 	f.IntVar(&o.gradAccum, "grad-accum", 1, "micro batches per optimizer step (effective batch = batch x grad-accum)")
-	f.Float64Var(&o.lr, "lr", mi.lr, "peak learning rate")
+	f.Float64Var(&o.lr, "lr", mi.LR, "peak learning rate")
 	f.Float64Var(&o.minLR, "min-lr", 0, "final learning rate of the linear and cosine schedules")
 	f.StringVar(&o.schedule, "schedule", string(train.Cosine), "learning-rate schedule: constant, linear or cosine (after warmup)")
 	f.IntVar(&o.warmup, "warmup", 0, "steps of linear learning-rate warmup from 0")
@@ -179,36 +149,9 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 	f.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	f.IntVar(&o.stride, "stride", 0, "plain text: tokens between window starts (0: the window length, no overlap)")
 
-	switch mi.method {
-	case finetune.LoRA:
-		d := lora.DefaultConfig()
-		f.IntVar(&o.rank, "rank", d.Rank, "LoRA rank r")
-		f.Float32Var(&o.alpha, "alpha", d.Alpha, "LoRA alpha (the update is scaled by alpha/r, or alpha/sqrt(r) with --rslora)")
-		f.Float32Var(&o.dropout, "dropout", d.Dropout, "dropout on the LoRA input during training")
-		f.StringVar(&o.targets, "targets", "all-linear", "adapted matrices: comma list of q,k,v,o,gate,up,down,output,embed (or q_proj,... names), or all-linear")
-		f.StringVar(&o.layers, "layers", "all", "blocks to adapt: all, a list such as 0,1,4-7, or last:N")
-		f.StringVar(&o.init, "init", mi.init, "initialisation of A: kaiming (PEFT's default) or gaussian (B starts at 0)")
-		f.BoolVar(&o.rslora, "rslora", false, "rank-stabilised LoRA: scale by alpha/sqrt(r)")
-	case finetune.Head:
-		f.StringVar(&o.trainLayers, "train-layers", "last:0", "also train the last N transformer blocks: last:N (or N)")
-	}
-	switch mi.method {
-	case finetune.LoRA, finetune.Prompt, finetune.Prefix, finetune.PTuning:
-		f.StringVar(&o.initFrom, "init-from", "", "continue training this adapter or soft-prompt GGUF (its settings replace the method flags)")
-	}
-	switch mi.method {
-	case finetune.Prompt, finetune.Prefix, finetune.PTuning:
-		f.IntVar(&o.virtualTokens, "virtual-tokens", 20, "number of virtual tokens")
-		f.StringVar(&o.init, "init", mi.init, `virtual-token initialisation: random, vocab (embeddings of random tokens) or text:"..." (embeddings of a text)`)
-		if mi.method != finetune.Prompt {
-			f.IntVar(&o.encoderHidden, "encoder-hidden", 0, "hidden size of the prompt encoder / reparameterisation MLP (0: n_embd)")
-		}
-		if mi.method == finetune.PTuning {
-			f.StringVar(&o.encoder, "encoder", "mlp", "prompt encoder: mlp (Linear-ReLU-Linear-ReLU-Linear) or lstm (2-layer bidirectional LSTM + MLP head)")
-		}
-		if mi.method == finetune.Prefix {
-			f.BoolVar(&o.reparam, "reparam", false, "reparameterise the prefix with an MLP during training (dropped in the saved file)")
-		}
+	mcfg.AddFlags(f)
+	if len(m.AdapterTypes()) > 0 {
+		f.StringVar(&o.initFrom, "init-from", "", "continue training this "+m.Name()+" adapter GGUF (its settings replace the method flags)")
 	}
 	f.BoolVar(&o.dryRun, "dry-run", false, "check the flags and print the effective settings as a --config YAML, without training")
 	f.BoolVar(&o.asJSON, "json", false, "print the final summary as JSON")
@@ -235,7 +178,7 @@ func newTrainMethodCmd(mi methodInfo) *cobra.Command {
 			}
 		}
 		explicit := func(name string) bool { return cmd.Flags().Changed(name) || fromConfig[name] }
-		job, err := buildJob(mi.method, &o, explicit)
+		job, err := buildJob(m, mcfg, &o, explicit)
 		if err != nil {
 			return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
 		}
@@ -265,7 +208,7 @@ func sidePath(v, output, suffix string) string {
 
 // buildJob checks the flags and turns them into a finetune.Job; explicit
 // reports whether a flag was given (on the command line or in --config).
-func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) (finetune.Job, error) {
+func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(string) bool) (finetune.Job, error) {
 	var j finetune.Job
 	for _, req := range []struct{ v, flag string }{{o.model, "-m MODEL"}, {o.data, "--data FILE"}, {o.output, "-o OUT.gguf"}} {
 		if req.v == "" {
@@ -332,7 +275,7 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 		return j, err
 	}
 	j = finetune.Job{
-		Method: method, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
+		Method: m.Name(), Config: mcfg, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
 		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
 		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate,
 			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},
@@ -342,129 +285,15 @@ func buildJob(method finetune.Method, o *trainOpts, explicit func(string) bool) 
 			MetricsPath: sidePath(o.metrics, o.output, ".metrics.jsonl"), PlotPath: sidePath(o.plot, o.output, ".loss.png"),
 		},
 	}
-	switch method {
-	case finetune.LoRA:
-		j.LoRA, err = loraConfig(o)
-	case finetune.Head:
-		j.TrainLayers, err = parseLast(o.trainLayers)
-		if err != nil {
-			err = fmt.Errorf("%w: --train-layers: %v", errUsage, err)
-		}
-	case finetune.Prompt, finetune.Prefix, finetune.PTuning:
-		j.Prompt, err = promptConfig(method, o)
-	}
-	return j, err
-}
-
-// loraConfig turns the LoRA flags into a lora.Config.
-func loraConfig(o *trainOpts) (lora.Config, error) {
-	targets, err := lora.ParseTargets(o.targets)
+	base, err := binding.OpenGGUF(o.model)
 	if err != nil {
-		return lora.Config{}, fmt.Errorf("--targets: %w", err)
+		return j, err
 	}
-	c := lora.Config{Rank: o.rank, Alpha: o.alpha, Dropout: o.dropout, Targets: targets, Init: lora.Init(strings.ToLower(o.init)), RSLoRA: o.rslora}
-	if err := c.Validate(); err != nil {
-		return lora.Config{}, err
+	defer base.Close()
+	if err := mcfg.Resolve(base); err != nil {
+		return j, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if c.Layers, err = loraLayers(o.layers, o.model); err != nil {
-		return lora.Config{}, fmt.Errorf("%w: --layers: %v", errUsage, err)
-	}
-	return c, nil
-}
-
-// loraLayers parses --layers: "all", "last:N", or a comma list of block
-// indices and ranges A-B. The model file is read for the number of blocks.
-func loraLayers(s, modelPath string) ([]int, error) {
-	s = strings.TrimSpace(strings.ToLower(s))
-	if s == "" || s == "all" {
-		return nil, nil
-	}
-	f, err := binding.OpenGGUF(modelPath)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	cfg, err := model.ReadConfig(f)
-	if err != nil {
-		return nil, err
-	}
-	n := cfg.NLayer
-	if strings.HasPrefix(s, "last:") {
-		k, err := parseLast(s)
-		if err != nil {
-			return nil, err
-		}
-		if k < 1 || k > n {
-			return nil, fmt.Errorf("%q: the model has %d blocks", s, n)
-		}
-		out := make([]int, 0, k)
-		for l := n - k; l < n; l++ {
-			out = append(out, l)
-		}
-		return out, nil
-	}
-	seen := map[int]bool{}
-	var out []int
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, errA := strconv.Atoi(lo)
-		b, errB := a, error(nil)
-		if isRange {
-			b, errB = strconv.Atoi(hi)
-		}
-		if errA != nil || errB != nil || a > b {
-			return nil, fmt.Errorf("%q: want all, last:N, or block indices and ranges such as 0,1,4-7", part)
-		}
-		if a < 0 || b >= n {
-			return nil, fmt.Errorf("%q: block index out of range (the model has blocks 0-%d)", part, n-1)
-		}
-		for l := a; l <= b; l++ {
-			if !seen[l] {
-				seen[l] = true
-				out = append(out, l)
-			}
-		}
-	}
-	sort.Ints(out)
-	return out, nil
-}
-
-// parseLast parses "last:N" or "N" (N >= 0).
-func parseLast(s string) (int, error) {
-	v := strings.TrimPrefix(strings.TrimSpace(strings.ToLower(s)), "last:")
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q: want last:N with N >= 0", s)
-	}
-	return n, nil
-}
-
-// promptConfig turns the soft-prompt flags into a prompttune.Config.
-func promptConfig(method finetune.Method, o *trainOpts) (prompttune.Config, error) {
-	pm, err := prompttune.ParseMethod(string(method))
-	if err != nil {
-		return prompttune.Config{}, err
-	}
-	c := prompttune.Config{Method: pm, NumVirtual: o.virtualTokens, EncoderHidden: o.encoderHidden, Reparam: o.reparam, Encoder: o.encoder}
-	switch init := strings.TrimSpace(o.init); {
-	case strings.HasPrefix(init, "text:"), strings.HasPrefix(init, "text="):
-		c.Init, c.InitText = prompttune.InitText, unquote(init[len("text:"):])
-	default:
-		c.Init = prompttune.Init(strings.ToLower(init))
-	}
-	if err := c.Validate(); err != nil {
-		return prompttune.Config{}, fmt.Errorf("%w (--virtual-tokens, --init random|vocab|text:\"...\")", err)
-	}
-	return c, nil
-}
-
-// unquote strips one pair of matching quotes.
-func unquote(s string) string {
-	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
-		return s[1 : len(s)-1]
-	}
-	return s
+	return j, nil
 }
 
 // printConfig writes the effective flag values, except skip's, as a YAML
@@ -491,7 +320,7 @@ func printConfig(w io.Writer, fs *pflag.FlagSet, skip string) error {
 
 // trainSummary is the JSON form of a training run's outcome (--json).
 type trainSummary struct {
-	Method          finetune.Method   `json:"method"`
+	Method          string            `json:"method"`
 	Steps           int               `json:"steps"`
 	ResumedFrom     int               `json:"resumed_from,omitempty"`
 	Stopped         string            `json:"stopped,omitempty"`
@@ -509,7 +338,7 @@ type trainSummary struct {
 
 // runTrain runs the job, reporting an interruption with how to resume, and
 // prints the summary.
-func runTrain(cmd *cobra.Command, mi methodInfo, job finetune.Job, asJSON bool) error {
+func runTrain(cmd *cobra.Command, mi method.Info, job finetune.Job, asJSON bool) error {
 	stderr := cmd.ErrOrStderr()
 	job.Train.Progress = stderr
 	if err := os.MkdirAll(filepath.Dir(job.Output), 0o755); err != nil {
@@ -526,7 +355,7 @@ func runTrain(cmd *cobra.Command, mi methodInfo, job finetune.Job, asJSON bool) 
 		case <-done:
 		}
 	}()
-	fmt.Fprintf(stderr, "ggtune: %s on %s with %s -> %s\n", mi.method, job.Model, job.Data, job.Output)
+	fmt.Fprintf(stderr, "ggtune: %s on %s with %s -> %s\n", job.Method, job.Model, job.Data, job.Output)
 	rep, err := finetune.Run(ctx, job)
 	if errors.Is(err, train.ErrInterrupted) {
 		if _, serr := os.Stat(job.Train.Checkpoint); serr == nil {
@@ -538,7 +367,7 @@ func runTrain(cmd *cobra.Command, mi methodInfo, job finetune.Job, asJSON bool) 
 		return err
 	}
 	s := trainSummary{
-		Method: mi.method, Steps: rep.Result.Steps, ResumedFrom: rep.Result.ResumedFrom, Stopped: rep.Result.Stopped,
+		Method: job.Method, Steps: rep.Result.Steps, ResumedFrom: rep.Result.ResumedFrom, Stopped: rep.Result.Stopped,
 		TrainableParams: rep.Params, Examples: rep.Examples, TrainLossFirst: rep.Result.FirstLoss, TrainLossLast: rep.Result.LastLoss,
 		EvalBefore: rep.Result.EvalBefore, EvalAfter: rep.Result.EvalAfter,
 		Output: rep.Output, Metrics: job.Train.MetricsPath, Plot: job.Train.PlotPath,
@@ -555,7 +384,7 @@ func runTrain(cmd *cobra.Command, mi methodInfo, job finetune.Job, asJSON bool) 
 }
 
 // printSummary writes the human-readable end-of-training summary.
-func printSummary(w io.Writer, s trainSummary, mi methodInfo) {
+func printSummary(w io.Writer, s trainSummary, mi method.Info) {
 	fmt.Fprintf(w, "trained %s: %d steps", s.Method, s.Steps)
 	if s.ResumedFrom > 0 {
 		fmt.Fprintf(w, " (resumed from step %d)", s.ResumedFrom)
@@ -572,7 +401,7 @@ func printSummary(w io.Writer, s trainSummary, mi methodInfo) {
 	if s.Steps > s.ResumedFrom {
 		fmt.Fprintf(w, "training loss        %.4f -> %.4f (first and last step)\n", s.TrainLossFirst, s.TrainLossLast)
 	}
-	fmt.Fprintf(w, "wrote %s: %s\n", mi.output, s.Output)
+	fmt.Fprintf(w, "wrote %s: %s\n", mi.Output, s.Output)
 	for _, p := range []struct{ what, path string }{{"metrics", s.Metrics}, {"loss plot", s.Plot}, {"checkpoint", s.Checkpoint}} {
 		if p.path != "" {
 			fmt.Fprintf(w, "      %s: %s\n", p.what, p.path)
