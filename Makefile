@@ -15,7 +15,7 @@ export CGO_CXXFLAGS := -O3 $(ARCHFLAGS)
 TESTFLAGS ?= -count=1 -p 1 -timeout 80m
 BACKEND_BUILD := build/backends
 
-.PHONY: all deps test bench demo cuda vulkan clean vet
+.PHONY: all deps test race fuzz bench demo cuda vulkan clean vet
 
 all: bin/ggtune
 
@@ -34,6 +34,17 @@ vet: deps
 
 test: deps
 	$(GO) test $(TESTFLAGS) ./...
+
+# The race detector over every test (slower; its first build recompiles ggml).
+race: deps
+	$(GO) test -race $(TESTFLAGS) ./...
+
+# Each fuzz target for FUZZTIME (CI runs them only over their seeds, in make test).
+FUZZTIME ?= 60s
+fuzz: deps
+	$(GO) test -run XXX -fuzz '^FuzzOpenGGUF$$' -fuzztime $(FUZZTIME) -parallel 2 ./binding
+	$(GO) test -run XXX -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) -parallel 2 ./data
+	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -parallel 2 ./safetensors
 
 bench: bin/ggtune
 	./bin/ggtune bench

@@ -178,9 +178,30 @@ func CPUFeatures() []string {
 }
 
 // Backend is an initialised compute backend (a stream on one device).
+//
+// Compute may be called from several goroutines: a backend runs one graph
+// at a time (ggml's CPU backend shares one work buffer between
+// computations), so concurrent calls are serialised by a mutex. Graphs
+// computed concurrently must not share tensors that are written.
 type Backend struct {
 	b    C.ggml_backend_t
 	name string
+	mu   sync.Mutex // held during a graph computation
+}
+
+// MaxThreads is the largest thread count a backend or libllama context
+// accepts: four times the logical CPUs. More only oversubscribes the CPU,
+// and ggml's thread pool fails (GGML_ASSERT) or spins for minutes when
+// given tens of thousands.
+func MaxThreads() int { return 4 * runtime.NumCPU() }
+
+// CheckThreads returns an error wrapping [ErrThreads] unless n is 0 (all
+// CPUs) or in 1..[MaxThreads].
+func CheckThreads(n int) error {
+	if n < 0 || n > MaxThreads() {
+		return fmt.Errorf("%w: %d threads (want 1..%d, 4x the %d CPUs, or 0 for all CPUs)", ErrThreads, n, MaxThreads(), runtime.NumCPU())
+	}
+	return nil
 }
 
 // NewCPUBackend creates the CPU backend with the given number of threads
@@ -192,6 +213,9 @@ func NewCPUBackend(threads int) (*Backend, error) {
 // NewBackend initialises the device named name (see [Devices]; "CPU" for
 // the CPU). threads applies to backends that run on CPU threads.
 func NewBackend(name string, threads int) (*Backend, error) {
+	if err := CheckThreads(threads); err != nil {
+		return nil, fmt.Errorf("backend %q: %w", name, err)
+	}
 	loadBackendsFromEnv()
 	cs := C.CString(name)
 	defer freeCString(cs)
@@ -212,7 +236,7 @@ func NewBackend(name string, threads int) (*Backend, error) {
 		threads = runtime.NumCPU()
 	}
 	C.ggtune_set_n_threads(b, C.int(threads))
-	runtime.SetFinalizer(be, (*Backend).Close)
+	setLeakFinalizer(be, (*Backend).Close)
 	return be, nil
 }
 
@@ -228,16 +252,33 @@ func (b *Backend) IsCPU() bool {
 	return d != nil && C.ggml_backend_dev_type(d) == C.GGML_BACKEND_DEVICE_TYPE_CPU
 }
 
-// SetThreads sets the number of CPU threads (for CPU-based backends).
-func (b *Backend) SetThreads(n int) {
-	if b.b != nil && n > 0 {
-		C.ggtune_set_n_threads(b.b, C.int(n))
+// SetThreads sets the number of CPU threads (for CPU-based backends); 0
+// means the number of CPUs. A count past [MaxThreads] is an error wrapping
+// [ErrThreads].
+func (b *Backend) SetThreads(n int) error {
+	if err := CheckThreads(n); err != nil {
+		return err
 	}
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.b == nil {
+		return fmt.Errorf("set threads: backend %w", ErrClosed)
+	}
+	C.ggtune_set_n_threads(b.b, C.int(n))
+	return nil
 }
 
 // Close frees the backend. It is idempotent.
 func (b *Backend) Close() {
-	if b == nil || b.b == nil {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.b == nil {
 		return
 	}
 	C.ggml_backend_free(b.b)
@@ -262,6 +303,8 @@ func (b *Backend) Compute(g *Graph) error {
 	if err := checkGraphAllocated(g); err != nil {
 		return err
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if st := C.ggml_backend_graph_compute(b.b, g.g); st != C.GGML_STATUS_SUCCESS {
 		return fmt.Errorf("compute on %s: ggml status %d", b.name, int(st))
 	}
@@ -300,7 +343,7 @@ func (b *Backend) AllocContext(c *Context) (*Buffer, error) {
 		return nil, fmt.Errorf("alloc context on %s: %w", b.name, ErrOutOfMemory)
 	}
 	out := &Buffer{b: buf}
-	runtime.SetFinalizer(out, (*Buffer).Close)
+	setLeakFinalizer(out, (*Buffer).Close)
 	return out, nil
 }
 
@@ -363,7 +406,7 @@ func (b *Backend) NewAllocator() (*Allocator, error) {
 		return nil, fmt.Errorf("new allocator: %w", ErrOutOfMemory)
 	}
 	out := &Allocator{a: a}
-	runtime.SetFinalizer(out, (*Allocator).Close)
+	setLeakFinalizer(out, (*Allocator).Close)
 	return out, nil
 }
 
@@ -468,7 +511,7 @@ func NewSched(backends []*Backend, graphSize int) (*Sched, error) {
 		return nil, fmt.Errorf("new scheduler: failed")
 	}
 	out := &Sched{s: s, backends: backends, graphSize: graphSize}
-	runtime.SetFinalizer(out, (*Sched).Close)
+	setLeakFinalizer(out, (*Sched).Close)
 	return out, nil
 }
 

@@ -64,7 +64,7 @@ func NewContext(memSize int64, noAlloc bool) (*Context, error) {
 		return nil, fmt.Errorf("new context of %d bytes: %w", memSize, ErrOutOfMemory)
 	}
 	ctx := &Context{c: c, buf: buf, noAlloc: noAlloc, size: memSize}
-	runtime.SetFinalizer(ctx, (*Context).Close)
+	setLeakFinalizer(ctx, (*Context).Close)
 	return ctx, nil
 }
 

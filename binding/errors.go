@@ -18,6 +18,15 @@ var (
 	ErrNoBackward = errors.New("no backward pass")
 	// ErrInvalidGGUF reports a file that is not a valid GGUF file.
 	ErrInvalidGGUF = errors.New("invalid GGUF file")
+	// ErrNotRegular reports a model or adapter path that is not a regular
+	// file (a FIFO, device or directory), which is refused before it is
+	// opened so that reading cannot block.
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrVocabMismatch reports a token list whose length differs from the
+	// number of rows of the embedding or output matrix.
+	ErrVocabMismatch = errors.New("vocabulary does not match the tensors")
+	// ErrThreads reports a thread count outside 1..[MaxThreads].
+	ErrThreads = errors.New("invalid thread count")
 	// ErrLlama reports a failure inside libllama.
 	ErrLlama = errors.New("libllama failed")
 )

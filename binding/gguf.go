@@ -132,7 +132,7 @@ func OpenGGUF(path string) (*GGUFFile, error) {
 		out.tindex[ti.Name] = len(out.tensors)
 		out.tensors = append(out.tensors, ti)
 	}
-	runtime.SetFinalizer(out, (*GGUFFile).Close)
+	setLeakFinalizer(out, func(f *GGUFFile) { f.Close() })
 	return out, nil
 }
 

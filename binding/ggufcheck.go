@@ -119,6 +119,14 @@ func (s *ggufScanner) str(keep bool) (string, error) {
 // by the file size, value types, string and array lengths, the alignment
 // key, tensor names, dimensions, types, offsets and data ranges.
 func validateGGUF(path string) error {
+	// Stat before opening: opening a FIFO without a writer blocks forever.
+	before, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !before.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file (%v)", ErrNotRegular, path, before.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -131,12 +139,15 @@ func validateGGUF(path string) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("%w: %s is not a regular file", ErrInvalidGGUF, path)
 	}
+	if !os.SameFile(st, before) {
+		return fmt.Errorf("%s changed while it was opened", path)
+	}
 	s := &ggufScanner{r: bufio.NewReaderSize(f, 1<<16), size: st.Size()}
 	if err := s.validate(); err != nil {
 		if errors.Is(err, errTruncated) {
 			return fmt.Errorf("%w: truncated at byte %d of %d", ErrInvalidGGUF, s.pos, s.size)
 		}
-		return fmt.Errorf("%w: %v (at byte %d)", ErrInvalidGGUF, err, s.pos)
+		return fmt.Errorf("%w: %w (at byte %d)", ErrInvalidGGUF, err, s.pos)
 	}
 	return nil
 }
@@ -508,6 +519,26 @@ func checkHparams(kinds map[string]kvInfo) error {
 		case "none", "linear", "yarn", "longrope":
 		default:
 			return fmt.Errorf("%s.rope.scaling.type %q is not none, linear, yarn or longrope", arch, info.str)
+		}
+	}
+	return nil
+}
+
+// CheckVocab returns an error wrapping [ErrVocabMismatch] unless the token
+// list (tokenizer.ggml.tokens, if present) has one entry per row of
+// token_embd.weight and of output.weight: libllama indexes its token list
+// with ids the graph produces. OpenGGUF does not check it (the container is
+// valid); model loaders do.
+func (f *GGUFFile) CheckVocab() error {
+	v, ok := f.Get("tokenizer.ggml.tokens")
+	if !ok {
+		return nil
+	}
+	tokens, _ := v.([]string)
+	for _, name := range []string{"token_embd.weight", "output.weight"} {
+		if ti, ok := f.TensorInfo(name); ok && len(ti.Shape) == 2 && ti.Shape[1] != int64(len(tokens)) {
+			return fmt.Errorf("%w: tokenizer.ggml.tokens has %d tokens but tensor %s has %d rows (one per token)",
+				ErrVocabMismatch, len(tokens), name, ti.Shape[1])
 		}
 	}
 	return nil

@@ -47,7 +47,7 @@ func LoadModel(path string, p ModelParams) (*LlamaModel, error) {
 		return nil, fmt.Errorf("load model %s: %w (set GGTUNE_LOG=debug for details)", path, ErrLlama)
 	}
 	out := &LlamaModel{m: m, path: path}
-	runtime.SetFinalizer(out, (*LlamaModel).Close)
+	setLeakFinalizer(out, (*LlamaModel).Close)
 	return out, nil
 }
 
@@ -233,6 +233,9 @@ func NewLlamaContext(m *LlamaModel, p ContextParams) (*LlamaContext, error) {
 	if m == nil || m.m == nil {
 		return nil, fmt.Errorf("new llama context: model %w", ErrClosed)
 	}
+	if err := CheckThreads(p.Threads); err != nil {
+		return nil, fmt.Errorf("new llama context: %w", err)
+	}
 	cp := C.llama_context_default_params()
 	if p.NCtx <= 0 {
 		p.NCtx = 512
@@ -268,7 +271,7 @@ func NewLlamaContext(m *LlamaModel, p ContextParams) (*LlamaContext, error) {
 	}
 	out := &LlamaContext{c: c, model: m, nCtx: int(C.llama_n_ctx(c)), nMax: p.NBatch}
 	out.batch = C.llama_batch_init(C.int32_t(p.NBatch), 0, 1)
-	runtime.SetFinalizer(out, (*LlamaContext).Close)
+	setLeakFinalizer(out, (*LlamaContext).Close)
 	return out, nil
 }
 
@@ -411,7 +414,7 @@ func (m *LlamaModel) LoadAdapter(path string) (*Adapter, error) {
 		return nil, fmt.Errorf("load adapter %s: %w (set GGTUNE_LOG=debug for details)", path, ErrLlama)
 	}
 	out := &Adapter{a: a, model: m}
-	runtime.SetFinalizer(out, (*Adapter).Close)
+	setLeakFinalizer(out, (*Adapter).Close)
 	return out, nil
 }
 
@@ -534,7 +537,7 @@ func NewSampler(p SamplerParams) *Sampler {
 		C.llama_sampler_chain_add(ch, C.llama_sampler_init_dist(C.uint32_t(p.Seed)))
 	}
 	s := &Sampler{s: ch}
-	runtime.SetFinalizer(s, (*Sampler).Close)
+	setLeakFinalizer(s, (*Sampler).Close)
 	return s
 }
 

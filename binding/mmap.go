@@ -25,6 +25,11 @@ type HostMapping struct {
 // MapFile maps the whole file at path. It fails on platforms without mmap;
 // callers fall back to reading the file.
 func MapFile(path string) (*HostMapping, error) {
+	if st, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("map %s: %w", path, err)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("map %s: %w", path, ErrNotRegular)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("map %s: %w", path, err)
@@ -47,7 +52,7 @@ func MapFile(path string) (*HostMapping, error) {
 		return nil, fmt.Errorf("map %s: could not wrap the mapping in a CPU buffer", path)
 	}
 	m := &HostMapping{path: path, data: data, buf: buf}
-	runtime.SetFinalizer(m, (*HostMapping).Close)
+	setLeakFinalizer(m, func(m *HostMapping) { m.Close() })
 	return m, nil
 }
 

@@ -363,7 +363,7 @@ func NewOptContext(p OptParams) (*OptContext, error) {
 			}
 		}
 	}
-	runtime.SetFinalizer(o, (*OptContext).Close)
+	setLeakFinalizer(o, (*OptContext).Close)
 	return o, nil
 }
 
@@ -560,7 +560,7 @@ type OptResult struct {
 // NewOptResult creates an empty result.
 func NewOptResult() *OptResult {
 	r := &OptResult{r: C.ggml_opt_result_init()}
-	runtime.SetFinalizer(r, (*OptResult).Close)
+	setLeakFinalizer(r, (*OptResult).Close)
 	return r
 }
 

@@ -3,7 +3,10 @@ package binding
 // #include "ggml.h"
 import "C"
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Type is a ggml element type.
 type Type int32
@@ -70,10 +73,11 @@ func (t Type) RowBytes(n int64) (int64, error) {
 	return n / t.BlockSize() * t.BlockBytes(), nil
 }
 
-// TypeByName returns the type with ggml's name s ("f32", "q8_0", ...).
+// TypeByName returns the type with ggml's name s ("f32", "q8_0", "q4_K",
+// ...), compared without regard to case ("q4_k" is q4_K).
 func TypeByName(s string) (Type, error) {
 	for i := Type(0); i < C.GGML_TYPE_COUNT; i++ {
-		if i.Valid() && i.String() == s {
+		if i.Valid() && strings.EqualFold(i.String(), s) {
 			return i, nil
 		}
 	}

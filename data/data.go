@@ -133,4 +133,8 @@ type Options struct {
 	// MaxLineBytes is the longest JSONL line accepted (default
 	// [DefaultMaxLineBytes]); longer lines are malformed.
 	MaxLineBytes int
+	// MaxBytes bounds the bytes read from one data file (default
+	// [DefaultMaxBytes]); a longer input (such as /dev/zero) is an error
+	// wrapping [ErrTooLarge] instead of exhausting memory.
+	MaxBytes int64
 }

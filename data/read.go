@@ -11,11 +11,19 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // DefaultMaxLineBytes is the longest JSONL line accepted when
 // [Options.MaxLineBytes] is zero.
 const DefaultMaxLineBytes = 64 << 20
+
+// DefaultMaxBytes is the largest data file read when [Options.MaxBytes] is
+// zero.
+const DefaultMaxBytes = 1 << 30
+
+// ErrTooLarge reports a data file longer than [Options.MaxBytes].
+var ErrTooLarge = errors.New("data file too large")
 
 // maxSkipErrors is how many skipped-record errors [Stats.SkipErrors] keeps.
 const maxSkipErrors = 10
@@ -55,7 +63,9 @@ type RecordSet struct {
 
 // ReadFile parses the data file at path; see [Read].
 func ReadFile(path string, opts Options) (*RecordSet, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO without a writer returns at once (reading
+	// it then sees end of file) instead of blocking.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read data: %w", err)
 	}
@@ -87,7 +97,11 @@ func Read(r io.Reader, name string, opts Options) (*RecordSet, error) {
 	if len(opts.Replace) > 0 {
 		p.repl = newReplacer(opts.Replace)
 	}
-	br := bufio.NewReaderSize(r, 1<<20)
+	limit := opts.MaxBytes
+	if limit <= 0 {
+		limit = DefaultMaxBytes
+	}
+	br := bufio.NewReaderSize(&boundedReader{r: r, left: limit, limit: limit}, 1<<20)
 	first, err := firstByte(br)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
@@ -576,4 +590,25 @@ func jsonKind(raw []byte) string {
 		return "null"
 	}
 	return "number"
+}
+
+// boundedReader fails with ErrTooLarge once more than limit bytes are read.
+type boundedReader struct {
+	r           io.Reader
+	left, limit int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, fmt.Errorf("%w: more than %d bytes (raise the limit with --max-data-bytes)", ErrTooLarge, b.limit)
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return n, fmt.Errorf("%w: more than %d bytes (raise the limit with --max-data-bytes)", ErrTooLarge, b.limit)
+	}
+	return n, err
 }

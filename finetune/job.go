@@ -99,6 +99,20 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err := j.validate(); err != nil {
 		return nil, err
 	}
+	if j.Train.Checkpoint == "" {
+		j.Train.Checkpoint = j.Output + ".ckpt"
+	}
+	if err := j.checkFiles(j.Train); err != nil {
+		return nil, err
+	}
+	settings, err := j.settings()
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range j.Train.Settings {
+		settings[k] = v
+	}
+	j.Train.Settings = settings
 	meth, _ := method.Get(j.Method)
 	mcfg, trainable, err := j.resolve(meth)
 	if err != nil {
@@ -154,18 +168,13 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	}
 	defer eng.Close()
 	cfg := j.Train
-	if cfg.Checkpoint == "" {
-		cfg.Checkpoint = j.Output + ".ckpt"
-	}
 	res, err := train.Run(ctx, eng, src, valBatches, cfg)
 	rep := &Report{Result: res, Output: j.Output, Params: method.NumParams(groups), Examples: ds.Len(), ValBatches: len(valBatches)}
 	if err != nil {
 		return rep, err
 	}
-	if err := inst.Save(j.Output); err != nil {
-		return rep, err
-	}
-	return rep, nil
+	rep.Output, err = saveResult(inst.Save, j.Output, cfg.Checkpoint)
+	return rep, err
 }
 
 // newSource makes the endless, shuffled training stream.

@@ -55,6 +55,9 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, p GenerateParams
 	if len(prompt) == 0 {
 		return nil, fmt.Errorf("generate: %w: empty prompt (start with BOS)", ErrBadInput)
 	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
+	}
 	res := &Result{PromptIDs: append([]int32(nil), prompt...)}
 	logits, err := s.Eval(prompt)
 	if err != nil {

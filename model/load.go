@@ -84,6 +84,12 @@ func Load(path string, opts Options) (*Model, error) {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
 	defer f.Close()
+	if err := refuseAdapter(f); err != nil {
+		return nil, fmt.Errorf("load model %s: %w", path, err)
+	}
+	if err := f.CheckVocab(); err != nil {
+		return nil, fmt.Errorf("load model %s: %w", path, err)
+	}
 	cfg, err := ReadConfig(f)
 	if err != nil {
 		return nil, fmt.Errorf("load model: %w", err)

@@ -57,6 +57,9 @@ const kvPad = 256
 // NewSession creates a generation session with its own KV cache.
 func (m *Model) NewSession(opts SessionOptions) (*Session, error) {
 	cfg := &m.cfg
+	if opts.NCtx < 0 || opts.NBatch < 0 {
+		return nil, fmt.Errorf("new session: %w: context size %d, batch %d: want positive sizes (0: default)", ErrBadInput, opts.NCtx, opts.NBatch)
+	}
 	if opts.NCtx <= 0 {
 		opts.NCtx = min(cfg.NCtxTrain, 4096)
 		if opts.NCtx <= 0 {

@@ -3,6 +3,8 @@ package train
 import (
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/ggtune/ggtune/binding"
 )
@@ -27,7 +29,13 @@ type Checkpoint struct {
 	// evaluations since it improved (early stopping).
 	Best  float64
 	Stale int
+	// Settings are the run's effective settings (Config.Settings and the
+	// loop's own), compared on resume.
+	Settings map[string]string
 }
+
+// settingKey prefixes the metadata keys of Checkpoint.Settings.
+const settingKey = "ggtune.checkpoint.setting."
 
 // SaveCheckpoint writes the trainable tensors, the AdamW moments and ck to
 // path (a GGUF file, written atomically).
@@ -48,6 +56,16 @@ func (e *Engine) SaveCheckpoint(path string, ck Checkpoint) error {
 		{Key: "ggtune.checkpoint.params", Value: int64(len(e.params))},
 	} {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
+			return fmt.Errorf("save checkpoint: %w", err)
+		}
+	}
+	keys := make([]string, 0, len(ck.Settings))
+	for k := range ck.Settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := w.Set(settingKey+k, ck.Settings[k]); err != nil {
 			return fmt.Errorf("save checkpoint: %w", err)
 		}
 	}
@@ -103,6 +121,14 @@ func (e *Engine) LoadCheckpoint(path string) (Checkpoint, error) {
 		Position: Position{Epoch: num("ggtune.checkpoint.epoch"), Index: num("ggtune.checkpoint.index")},
 		Best:     best,
 		Stale:    num("ggtune.checkpoint.stale"),
+		Settings: map[string]string{},
+	}
+	for _, kv := range f.KVs() {
+		if k, ok := strings.CutPrefix(kv.Key, settingKey); ok {
+			if v, isStr := kv.Value.(string); isStr {
+				ck.Settings[k] = v
+			}
+		}
 	}
 	for i, p := range e.params {
 		for j, t := range []*binding.Tensor{p, e.ms[i], e.vs[i]} {

@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ggtune/ggtune/internal/outguard"
 )
 
 // Source yields training batches in a deterministic, resumable order.
@@ -35,13 +36,23 @@ type Config struct {
 	Schedule  LRSchedule
 	Optimizer AdamW
 
-	EvalEvery   int // optimizer steps between evaluations (0: only at the end)
-	EarlyStop   int // stop after this many evaluations without improvement (0: never)
-	SaveEvery   int // optimizer steps between checkpoints (0: only on interrupt)
-	Checkpoint  string
-	Resume      bool   // continue from Checkpoint if it exists
-	MetricsPath string // JSONL metrics, one object per step and evaluation
-	PlotPath    string // loss-curve PNG written at the end
+	EvalEvery  int // optimizer steps between evaluations (0: only at the end)
+	EarlyStop  int // stop after this many evaluations without improvement (0: never)
+	SaveEvery  int // optimizer steps between checkpoints (0: only on interrupt)
+	Checkpoint string
+	Resume     bool // continue from Checkpoint if it exists
+	// Overwrite lets a fresh run (Resume false) replace an existing
+	// Checkpoint; without it that is ErrCheckpointExists.
+	Overwrite bool
+	// Settings are the caller's settings that exact resume depends on (the
+	// model, the data's fingerprint, the method's options), saved in the
+	// checkpoint with the loop's own (steps, learning rate, optimizer ...).
+	// A resumed run whose settings differ is ErrResumeMismatch, unless each
+	// differing key is in ResumeChanged.
+	Settings      map[string]string
+	ResumeChanged []string
+	MetricsPath   string // JSONL metrics, one object per step and evaluation
+	PlotPath      string // loss-curve PNG written at the end
 
 	// Progress receives a progress bar (on a terminal) or plain lines.
 	Progress io.Writer
@@ -109,6 +120,9 @@ func Evaluate(e *Engine, batches []Batch) (Evaluation, error) {
 		return Evaluation{}, fmt.Errorf("evaluate: %w", ErrNoLossTokens)
 	}
 	loss := sum / float64(tokens)
+	if !finite(loss) {
+		return Evaluation{}, fmt.Errorf("evaluate: %w: loss is %v over %d tokens", ErrDiverged, loss, tokens)
+	}
 	return Evaluation{Loss: loss, Perplexity: math.Exp(loss), Accuracy: float64(correct) / float64(tokens), Tokens: tokens}, nil
 }
 
@@ -124,7 +138,12 @@ func (cfg Config) TotalSteps(src Source) int {
 // Run trains with the engine on src for the configured number of steps,
 // evaluating on val, writing metrics, checkpoints and the loss plot. When
 // ctx is cancelled it saves a checkpoint (if configured) and returns
-// ErrInterrupted.
+// ErrInterrupted. A non-finite loss, gradient norm, parameter or
+// evaluation stops the run with an error wrapping ErrDiverged; no
+// checkpoint is written from the diverged state, so the last good one is
+// kept. A resumed run keeps the metrics records up to its checkpoint and
+// appends to them, and a run resumed after its last step writes its
+// results without training.
 func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (Result, error) {
 	cfg.GradAccum = max(cfg.GradAccum, 1)
 	total := cfg.TotalSteps(src)
@@ -134,11 +153,24 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 	}
 	var res Result
 	ck := Checkpoint{Best: math.Inf(1)}
+	for _, p := range []string{cfg.Checkpoint, cfg.MetricsPath, cfg.PlotPath} {
+		if _, err := outguard.RemoveStale(p); err != nil {
+			return res, fmt.Errorf("train: %w", err)
+		}
+	}
+	if !cfg.Resume && !cfg.Overwrite && cfg.Checkpoint != "" {
+		if _, err := os.Stat(cfg.Checkpoint); err == nil {
+			return res, fmt.Errorf("train: %w: %s (resume it, or overwrite it to start over)", ErrCheckpointExists, cfg.Checkpoint)
+		}
+	}
 	if cfg.Resume && cfg.Checkpoint != "" {
 		if _, err := os.Stat(cfg.Checkpoint); err == nil {
 			loaded, err := e.LoadCheckpoint(cfg.Checkpoint)
 			if err != nil {
 				return res, fmt.Errorf("train: resume: %w", err)
+			}
+			if err := checkSettings(loaded.Settings, cfg.settings(total), cfg.ResumeChanged); err != nil {
+				return res, fmt.Errorf("train: resume %s: %w", cfg.Checkpoint, err)
 			}
 			if err := src.Seek(loaded.Position); err != nil {
 				return res, fmt.Errorf("train: resume: %w", err)
@@ -147,25 +179,18 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 			res.ResumedFrom = loaded.Step
 		}
 	}
-	var metricsOut *os.File
-	if cfg.MetricsPath != "" {
-		flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
-		if res.ResumedFrom > 0 {
-			flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
-		}
-		f, err := os.OpenFile(cfg.MetricsPath, flags, 0o644)
+	metrics := &metricsFile{path: cfg.MetricsPath}
+	defer metrics.close()
+	if res.ResumedFrom > 0 && cfg.MetricsPath != "" {
+		kept, err := readHistory(cfg.MetricsPath, res.ResumedFrom)
 		if err != nil {
-			return res, fmt.Errorf("train: metrics: %w", err)
+			return res, fmt.Errorf("train: resume: %w", err)
 		}
-		defer f.Close()
-		metricsOut = f
+		metrics.keep, res.History = kept, append(res.History, kept...)
 	}
 	emit := func(m Metrics) {
 		res.History = append(res.History, m)
-		if metricsOut != nil {
-			b, _ := json.Marshal(m)
-			metricsOut.Write(append(b, '\n'))
-		}
+		metrics.write(m)
 		if cfg.OnMetrics != nil {
 			cfg.OnMetrics(m)
 		}
@@ -186,16 +211,35 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		prog.eval(ev)
 		return &ev, nil
 	}
+	savedStep := -1 // the step of the checkpoint this run wrote
+	if res.ResumedFrom > 0 {
+		savedStep = res.ResumedFrom
+	}
 	saveCk := func() error {
 		if cfg.Checkpoint == "" {
 			return nil
 		}
-		ck.Step, ck.Position = e.StepCount(), src.Position()
-		return e.SaveCheckpoint(cfg.Checkpoint, ck)
+		ck.Step, ck.Position, ck.Settings = e.StepCount(), src.Position(), cfg.settings(total)
+		if err := e.SaveCheckpoint(cfg.Checkpoint, ck); err != nil {
+			return err
+		}
+		savedStep = ck.Step
+		return nil
 	}
+	// diverged adds where the last good checkpoint is to a divergence error.
+	diverged := func(err error) error {
+		if !errors.Is(err, ErrDiverged) {
+			return fmt.Errorf("train: %w", err)
+		}
+		if savedStep >= 0 {
+			return fmt.Errorf("train: %w; nothing was saved from the diverged state: the last good checkpoint %s (step %d) is kept", err, cfg.Checkpoint, savedStep)
+		}
+		return fmt.Errorf("train: %w; nothing was saved from the diverged state (lower the learning rate)", err)
+	}
+	startStep := e.StepCount()
 	var err error
 	if res.EvalBefore, err = evaluate(); err != nil {
-		return res, fmt.Errorf("train: %w", err)
+		return res, diverged(err)
 	}
 	tokens := 0
 	for e.StepCount() < total {
@@ -218,7 +262,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 				continue
 			}
 			if err != nil {
-				return res, fmt.Errorf("train: step %d: %w", e.StepCount()+1, err)
+				return res, diverged(fmt.Errorf("step %d: %w", e.StepCount()+1, err))
 			}
 			stepTokens += b.B * b.T
 		}
@@ -228,7 +272,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		lr := cfg.Schedule.At(e.StepCount())
 		st, err := e.Step(lr)
 		if err != nil {
-			return res, fmt.Errorf("train: %w", err)
+			return res, diverged(err)
 		}
 		tokens += stepTokens
 		loss, norm := st.Loss, st.GradNorm
@@ -242,6 +286,9 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 			TokensPerSec: float64(stepTokens) / time.Since(stepStart).Seconds(), ElapsedSec: elapsed,
 			ETASec: elapsed / float64(done) * float64(total-e.StepCount())}
 		emit(m)
+		if metrics.err != nil {
+			return res, fmt.Errorf("train: %w", metrics.err)
+		}
 		prog.step(m)
 		if cfg.SaveEvery > 0 && e.StepCount()%cfg.SaveEvery == 0 {
 			if err := saveCk(); err != nil {
@@ -251,7 +298,7 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		if cfg.EvalEvery > 0 && e.StepCount()%cfg.EvalEvery == 0 && e.StepCount() < total {
 			ev, err := evaluate()
 			if err != nil {
-				return res, fmt.Errorf("train: %w", err)
+				return res, diverged(err)
 			}
 			if ev != nil && cfg.EarlyStop > 0 {
 				if ev.Loss < ck.Best {
@@ -264,7 +311,12 @@ func Run(ctx context.Context, e *Engine, src Source, val []Batch, cfg Config) (R
 		}
 	}
 	res.Steps = e.StepCount()
-	if res.EvalAfter, err = evaluate(); err != nil {
+	if e.StepCount() == startStep && res.EvalBefore != nil {
+		res.EvalAfter = res.EvalBefore // resumed after the last step: nothing changed
+	} else if res.EvalAfter, err = evaluate(); err != nil {
+		return res, diverged(err)
+	}
+	if err := metrics.close(); err != nil {
 		return res, fmt.Errorf("train: %w", err)
 	}
 	if cfg.Checkpoint != "" && cfg.SaveEvery > 0 {

@@ -387,8 +387,11 @@ func TestInterruptAndResume(t *testing.T) {
 	assert.FileExists(t, out+".ckpt")
 	assert.NoFileExists(t, out)
 
-	mustGgtune(t, append(args, "--steps", "4", "--save-every", "2")...)
-	s := mustGgtune(t, append(args, "--steps", "6", "--resume", "--json")...)
+	mustGgtune(t, append(args, "--steps", "4", "--save-every", "2", "--overwrite")...)
+	_, _, err = ggtune(t, append(args, "--steps", "6", "--resume")...)
+	require.ErrorIs(t, err, train.ErrResumeMismatch, "a changed --steps breaks exact resume")
+	assert.Contains(t, err.Error(), `steps was "4", now "6"`)
+	s := mustGgtune(t, append(args, "--steps", "6", "--resume", "--resume-changed", "steps", "--json")...)
 	var sum trainSummary
 	require.NoError(t, json.Unmarshal([]byte(s), &sum), s)
 	assert.Equal(t, 4, sum.ResumedFrom)

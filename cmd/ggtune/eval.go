@@ -18,7 +18,8 @@ func newEvalCmd() *cobra.Command {
 	var (
 		path, dataPath, format, chatTemplate string
 		o                                    finetune.EvalOptions
-		threads, stride                      int
+		threads, stride, maxLineBytes        int
+		maxDataBytes                         int64
 		noPack, trainOnPrompt, skipBad       bool
 		asJSON                               bool
 	)
@@ -50,7 +51,7 @@ func newEvalCmd() *cobra.Command {
 		}
 		o.Pack = !noPack
 		o.DataOptions = data.Options{Format: f, Stride: stride, MaskOverlap: stride > 0, TrainOnPrompt: trainOnPrompt,
-			SkipBad: skipBad, ChatTemplate: chatTemplate}
+			SkipBad: skipBad, ChatTemplate: chatTemplate, MaxBytes: maxDataBytes, MaxLineBytes: maxLineBytes}
 		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)
 		if err != nil {
 			return err
@@ -78,6 +79,8 @@ func newEvalCmd() *cobra.Command {
 	fl.BoolVar(&trainOnPrompt, "train-on-prompt", false, "score prompt and user tokens too")
 	fl.BoolVar(&skipBad, "skip-bad", false, "skip malformed records instead of failing")
 	fl.StringVar(&chatTemplate, "chat-template", "", "chat template or built-in name (default: the model's)")
+	fl.Int64Var(&maxDataBytes, "max-data-bytes", data.DefaultMaxBytes, "refuse a data file longer than this many bytes")
+	fl.IntVar(&maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	fl.IntVar(&stride, "stride", 0, "plain text: tokens between window starts (0: no overlap)")
 	fl.IntVarP(&threads, "threads", "t", 0, "CPU threads (0: all)")
 	fl.BoolVar(&asJSON, "json", false, "print {loss, perplexity, accuracy, tokens} as JSON")

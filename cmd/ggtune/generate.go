@@ -91,6 +91,12 @@ func newGenerateCmd() *cobra.Command {
 		if path == "" {
 			return fmt.Errorf("generate: -m MODEL is required")
 		}
+		if file != "" && cmd.Flags().Changed("prompt") {
+			return fmt.Errorf("generate: %w: -p/--prompt and -f/--file are exclusive", errUsage)
+		}
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("generate: %w (--temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, -n, -c)", err)
+		}
 		if file != "" {
 			b, err := readInput(file)
 			if err != nil {

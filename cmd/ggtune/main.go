@@ -3,17 +3,21 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+	root := newRootCmd()
+	out := &stickyWriter{w: os.Stdout}
+	root.SetOut(out)
+	ctx, stop := signalContext(root, os.Args[1:])
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err == nil {
+		err = out.check("stdout")
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "ggtune:", err)
 		os.Exit(1)
 	}

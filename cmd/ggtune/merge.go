@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -42,16 +41,14 @@ func newMergeCmd() *cobra.Command {
 			}
 			var opts method.MergeOptions
 			if typ != "" {
-				t, err := binding.TypeByName(strings.ToLower(typ))
+				t, err := binding.TypeByName(typ)
 				if err != nil {
 					return fmt.Errorf("merge: %w: --type: %v (for example f32, f16, bf16, q8_0, q4_0, q4_k)", errUsage, err)
 				}
 				opts.Type = &t
 			}
-			if abs, err := filepath.Abs(out); err == nil {
-				if b, err := filepath.Abs(base); err == nil && abs == b {
-					return fmt.Errorf("merge: %w: -o must differ from the base model", errUsage)
-				}
+			if err := checkMerge(base, specs, out); err != nil {
+				return fmt.Errorf("merge: %w", err)
 			}
 			backend, err := binding.NewCPUBackend(threads)
 			if err != nil {

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -46,6 +46,8 @@ func newTrainCmd() *cobra.Command {
 			"  ggtune train prompt -m base.gguf --data qa.jsonl -o prompt.gguf --virtual-tokens 16 --init 'text:Answer the question'\n" +
 			"  ggtune train lora --config run.yaml --steps 50",
 		Args: cobra.ArbitraryArgs,
+		// An unknown method's flags must not hide that the method is unknown.
+		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				_, err := method.Get(args[0])
@@ -78,7 +80,10 @@ type trainOpts struct {
 	threads                        int
 	evalEvery, earlyStop           int
 	saveEvery, maxValBatches       int
-	resume                         bool
+	resume, overwrite              bool
+	resumeChanged                  string
+	maxDataBytes                   int64
+	maxLineBytes                   int
 	metrics, plot                  string
 
 	noPack, trainOnPrompt, skipBad bool
@@ -130,6 +135,8 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 	f.IntVar(&o.maxValBatches, "max-val-batches", 0, "evaluate at most N validation batches (0: all)")
 	f.IntVar(&o.saveEvery, "save-every", 0, "write the checkpoint OUT.gguf.ckpt every N steps (0: only on Ctrl-C)")
 	f.BoolVar(&o.resume, "resume", false, "continue from the checkpoint OUT.gguf.ckpt (same flags, same result as an uninterrupted run)")
+	f.StringVar(&o.resumeChanged, "resume-changed", "", "with --resume: settings deliberately changed since the checkpoint, e.g. steps,lr (others must match)")
+	f.BoolVar(&o.overwrite, "overwrite", false, "start afresh even though the checkpoint OUT.gguf.ckpt exists (it is replaced)")
 	f.StringVar(&o.metrics, "metrics", "", "JSONL metrics file (default OUT.metrics.jsonl; none: off)")
 	f.StringVar(&o.plot, "plot", "", "loss-curve PNG (default OUT.loss.png; none: off)")
 
@@ -138,6 +145,8 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 	f.BoolVar(&o.trainOnPrompt, "train-on-prompt", false, "train on prompt and user tokens too, not only completions/assistant turns")
 	f.BoolVar(&o.skipBad, "skip-bad", false, "skip (and count) malformed records instead of failing")
 	f.StringVar(&o.chatTemplate, "chat-template", "", "chat template or built-in name such as chatml (default: the model's)")
+	f.Int64Var(&o.maxDataBytes, "max-data-bytes", data.DefaultMaxBytes, "refuse a data file longer than this many bytes")
+	f.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	f.IntVar(&o.stride, "stride", 0, "plain text: tokens between window starts (0: the window length, no overlap)")
 
 	mcfg.AddFlags(f)
@@ -218,7 +227,7 @@ func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(s
 	case explicit("epochs") && explicit("steps"):
 		return j, fmt.Errorf("%w: --steps and --epochs are exclusive", errUsage)
 	case explicit("epochs"):
-		if !(o.epochs > 0) {
+		if !(o.epochs > 0) || math.IsInf(o.epochs, 0) {
 			return j, fmt.Errorf("%w: --epochs %v: want a positive number", errUsage, o.epochs)
 		}
 		steps = 0
@@ -262,18 +271,17 @@ func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(s
 		return j, fmt.Errorf("%w: --format: %v", errUsage, err)
 	}
 	ckpt := o.output + ".ckpt"
-	if o.resume {
-		if _, err := os.Stat(ckpt); err != nil {
-			return j, fmt.Errorf("%w: --resume: no checkpoint %s (one is written on Ctrl-C and every --save-every steps)", errUsage, ckpt)
-		}
+	if err := checkResume(ckpt, o.resume, o.overwrite); err != nil {
+		return j, err
 	}
 	j = finetune.Job{
 		Method: m.Name(), Config: mcfg, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
 		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
-		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate},
+		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate,
+			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},
 		Train: train.Config{
 			Steps: steps, Epochs: o.epochs, GradAccum: o.gradAccum, Schedule: sched, Optimizer: opt,
-			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume,
+			EvalEvery: o.evalEvery, EarlyStop: o.earlyStop, SaveEvery: o.saveEvery, Checkpoint: ckpt, Resume: o.resume, Overwrite: o.overwrite, ResumeChanged: splitList(o.resumeChanged),
 			MetricsPath: sidePath(o.metrics, o.output, ".metrics.jsonl"), PlotPath: sidePath(o.plot, o.output, ".loss.png"),
 		},
 	}
@@ -343,7 +351,7 @@ func runTrain(cmd *cobra.Command, mi method.Info, job finetune.Job, asJSON bool)
 		select {
 		case <-ctx.Done():
 			fmt.Fprintln(stderr, "\nggtune: interrupted: stopping after the current step and writing the checkpoint (Ctrl-C again aborts at once)")
-			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			signal.Reset(stopSignals...)
 		case <-done:
 		}
 	}()

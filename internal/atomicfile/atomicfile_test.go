@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -36,7 +37,35 @@ func TestWrite(t *testing.T) {
 	assert.Equal(t, "new", string(b))
 	st, err := os.Stat(path)
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm())
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "a replaced file keeps its mode")
 
 	assert.Error(t, atomicfile.WriteBytes(filepath.Join(dir, "missing", "x"), nil))
+}
+
+// TestWriteModeAndLinks: new files get 0666 less the umask (they were
+// always 0644), and a symlink at the path is replaced, never followed.
+func TestWriteModeAndLinks(t *testing.T) {
+	dir := t.TempDir()
+	for _, umask := range []int{0o022, 0o077, 0o002} {
+		old := syscall.Umask(umask)
+		path := filepath.Join(dir, "new.bin")
+		os.Remove(path)
+		err := atomicfile.WriteBytes(path, []byte("x"))
+		syscall.Umask(old)
+		require.NoError(t, err)
+		st, err := os.Stat(path)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o666&^umask), st.Mode().Perm(), "umask %o", umask)
+	}
+	target := filepath.Join(dir, "target.txt")
+	require.NoError(t, os.WriteFile(target, []byte("precious"), 0o644))
+	link := filepath.Join(dir, "metrics.jsonl")
+	require.NoError(t, os.Symlink(target, link))
+	require.NoError(t, atomicfile.WriteBytes(link, []byte("metrics")))
+	b, err := os.ReadFile(target)
+	require.NoError(t, err)
+	assert.Equal(t, "precious", string(b), "the symlink's target is untouched")
+	st, err := os.Lstat(link)
+	require.NoError(t, err)
+	assert.True(t, st.Mode().IsRegular())
 }
