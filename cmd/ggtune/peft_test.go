@@ -44,7 +44,7 @@ func TestPEFTLoRACLI(t *testing.T) {
 	require.NoError(t, a.Save(in))
 	peft := filepath.Join(dir, "peft")
 	out := mustGgtune(t, "export-peft", "--adapter", in, "-m", modelPath, "-o", peft)
-	assert.Contains(t, out, "LoRA r=4")
+	assert.Contains(t, out, "(lora)")
 	back := filepath.Join(dir, "back.gguf")
 	mustGgtune(t, "import-peft", peft, "-m", modelPath, "-o", back)
 
