@@ -102,7 +102,9 @@ type instance struct {
 }
 
 // ExportPEFT implements method.PEFTExporter.
-func (i instance) ExportPEFT(dir, baseModel string) error { return i.Adapter.ExportPEFT(dir, i.base, baseModel) }
+func (i instance) ExportPEFT(dir, baseModel string) error {
+	return i.Adapter.ExportPEFT(dir, i.base, baseModel)
+}
 
 func (i instance) Hooks(scale float32) []model.Hook { return []model.Hook{i.Hook(scale)} }
 
