@@ -61,7 +61,7 @@ cuda: deps
 	@command -v cmake >/dev/null || { echo "make cuda: cmake not found (apt-get install cmake)"; exit 1; }
 	@command -v nvcc >/dev/null || { echo "make cuda: the CUDA toolkit (nvcc) was not found; install it or put it on PATH"; exit 1; }
 	cmake -S third_party/ollama -B $(BACKEND_BUILD)/cuda -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(BACKEND_BUILD)/cuda --target ggml-cuda -j $(JOBS)
+	cmake --build $(BACKEND_BUILD)/cuda --target ggml-cuda --parallel $(JOBS)
 	mkdir -p lib && find $(BACKEND_BUILD)/cuda -name 'libggml-cuda*.so' -exec cp {} lib/ \;
 	@echo "built lib/libggml-cuda.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
 
@@ -69,7 +69,7 @@ vulkan: deps
 	@command -v cmake >/dev/null || { echo "make vulkan: cmake not found (apt-get install cmake)"; exit 1; }
 	@command -v glslc >/dev/null || { echo "make vulkan: the Vulkan SDK (glslc, libvulkan-dev) was not found"; exit 1; }
 	cmake -S third_party/ollama -B $(BACKEND_BUILD)/vulkan -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(BACKEND_BUILD)/vulkan --target ggml-vulkan -j $(JOBS)
+	cmake --build $(BACKEND_BUILD)/vulkan --target ggml-vulkan --parallel $(JOBS)
 	mkdir -p lib && find $(BACKEND_BUILD)/vulkan -name 'libggml-vulkan*.so' -exec cp {} lib/ \;
 	@echo "built lib/libggml-vulkan.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
 
