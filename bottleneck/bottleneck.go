@@ -271,9 +271,7 @@ func (a *Adapter) Save(path string) error {
 		{Key: "ggtune.bottleneck.size", Value: uint32(a.modules["ffn"][0].downB.Dim(0))},
 		{Key: "ggtune.bottleneck.seed", Value: a.cfg.Seed},
 	}
-	for k, v := range a.Meta {
-		kvs = append(kvs, binding.KV{Key: "ggtune.meta." + k, Value: v})
-	}
+	kvs = append(kvs, method.MetaKVs(a.Meta)...)
 	for _, kv := range kvs {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
 			return fmt.Errorf("save bottleneck %s: %w", path, err)
@@ -354,11 +352,7 @@ func Load(path string, mc model.Config, backend *binding.Backend) (*Adapter, err
 			return nil, fmt.Errorf("load bottleneck %s: %w", path, err)
 		}
 	}
-	for _, kv := range f.KVs() {
-		if k, ok := strings.CutPrefix(kv.Key, "ggtune.meta."); ok {
-			a.Meta[k] = kv.Value
-		}
-	}
+	method.ReadMeta(f, a.Meta)
 	return a, nil
 }
 

@@ -329,9 +329,7 @@ func (a *Adapter) Save(path string) error {
 		{Key: "ggtune.ia3.format_version", Value: uint32(FormatVersion)},
 		{Key: "ggtune.ia3.targets", Value: strings.Split((*sitesFlag)(&a.cfg).String(), ",")},
 	}
-	for k, v := range a.Meta {
-		kvs = append(kvs, binding.KV{Key: "ggtune.meta." + k, Value: v})
-	}
+	kvs = append(kvs, method.MetaKVs(a.Meta)...)
 	for _, kv := range kvs {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
 			return fmt.Errorf("save ia3 %s: %w", path, err)
@@ -405,11 +403,7 @@ func Load(path string, mc model.Config, base *binding.GGUFFile, backend *binding
 		a.Close()
 		return fail("%d tensors, want %d", n, len(a.Tensors()))
 	}
-	for _, kv := range f.KVs() {
-		if k, ok := strings.CutPrefix(kv.Key, "ggtune.meta."); ok {
-			a.Meta[k] = kv.Value
-		}
-	}
+	method.ReadMeta(f, a.Meta)
 	return a, nil
 }
 

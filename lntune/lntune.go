@@ -192,9 +192,7 @@ func (a *Adapter) Save(path string) error {
 		{Key: "adapter.type", Value: AdapterType},
 		{Key: "ggtune.lntune.format_version", Value: uint32(FormatVersion)},
 	}
-	for k, v := range a.Meta {
-		kvs = append(kvs, binding.KV{Key: "ggtune.meta." + k, Value: v})
-	}
+	kvs = append(kvs, method.MetaKVs(a.Meta)...)
 	for _, kv := range kvs {
 		if err := w.Set(kv.Key, kv.Value); err != nil {
 			return fmt.Errorf("save ln tuning %s: %w", path, err)
@@ -273,11 +271,7 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 			return nil, fmt.Errorf("load ln tuning %s: %w", path, err)
 		}
 	}
-	for _, kv := range f.KVs() {
-		if k, ok := strings.CutPrefix(kv.Key, "ggtune.meta."); ok {
-			a.Meta[k] = kv.Value
-		}
-	}
+	method.ReadMeta(f, a.Meta)
 	return a, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/method"
 )
 
 // FormatVersion is the version of ggtune's extra LoRA metadata keys
@@ -67,7 +68,7 @@ func (a *Adapter) Save(path string) error {
 	}
 	for k, v := range a.Meta {
 		if !strings.HasPrefix(k, "ggtune.") {
-			k = "ggtune.meta." + k
+			k = method.MetaPrefix + k
 		}
 		if err := w.Set(k, v); err != nil {
 			return fmt.Errorf("save lora %s: %w", path, err)
@@ -321,11 +322,7 @@ func Load(path string, base *binding.GGUFFile, backend *binding.Backend) (*Adapt
 			}
 		}
 	}
-	for _, kv := range f.KVs() {
-		if strings.HasPrefix(kv.Key, "ggtune.meta.") {
-			a.Meta[strings.TrimPrefix(kv.Key, "ggtune.meta.")] = kv.Value
-		}
-	}
+	method.ReadMeta(f, a.Meta)
 	return a, nil
 }
 

@@ -290,3 +290,26 @@ func SetParams(ts ...*binding.Tensor) error {
 	}
 	return nil
 }
+
+// MetaPrefix starts the GGUF keys under which adapter files keep an
+// instance's free-form metadata (Env.Meta: the base model, the data, the
+// training settings).
+const MetaPrefix = "ggtune.meta."
+
+// MetaKVs returns meta as GGUF key-value pairs under MetaPrefix.
+func MetaKVs(meta map[string]any) []binding.KV {
+	kvs := make([]binding.KV, 0, len(meta))
+	for k, v := range meta {
+		kvs = append(kvs, binding.KV{Key: MetaPrefix + k, Value: v})
+	}
+	return kvs
+}
+
+// ReadMeta copies the metadata that MetaKVs wrote in f into meta.
+func ReadMeta(f *binding.GGUFFile, meta map[string]any) {
+	for _, kv := range f.KVs() {
+		if k, ok := strings.CutPrefix(kv.Key, MetaPrefix); ok {
+			meta[k] = kv.Value
+		}
+	}
+}
