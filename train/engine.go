@@ -682,9 +682,6 @@ func (e *Engine) StepCount() int { return e.step }
 // Params returns the trainable tensors of every group, in order.
 func (e *Engine) Params() []*binding.Tensor { return e.params }
 
-// Groups returns the parameter groups.
-func (e *Engine) Groups() []Group { return e.groups }
-
 // Close frees the engine's graphs and state (not the parameters). It is
 // idempotent.
 func (e *Engine) Close() {
