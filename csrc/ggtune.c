@@ -61,6 +61,21 @@ struct ggml_tensor * ggtune_view_f32(struct ggml_context * ctx, struct ggml_tens
 
 #include <stdlib.h>
 
+// ggtune_set_nodes replaces the graph's node list by list[0:m] (m at least
+// the current count, within the graph's size) and frees list.
+static void ggtune_set_nodes(struct ggml_cgraph * graph, struct ggml_tensor ** list, int m) {
+    const int n = ggml_graph_n_nodes(graph);
+    struct ggml_tensor ** nodes = ggml_graph_nodes(graph);
+    for (int k = 0; k < m; k++) {
+        if (k < n) {
+            nodes[k] = list[k];
+        } else {
+            ggml_graph_add_node(graph, list[k]);
+        }
+    }
+    free(list);
+}
+
 // Rows of the source handled together by the transpose kernel: their
 // elements land in adjacent floats of each destination row.
 #define GGTUNE_TBLOCK 16
@@ -235,14 +250,7 @@ int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * grap
         }
         list[m++] = node;
     }
-    for (int k = 0; k < m; k++) {
-        if (k < n) {
-            nodes[k] = list[k];
-        } else {
-            ggml_graph_add_node(graph, list[k]);
-        }
-    }
-    free(list);
+    ggtune_set_nodes(graph, list, m);
     return rewritten;
 }
 
@@ -286,13 +294,6 @@ int ggtune_protect_inplace(struct ggml_context * ctx, struct ggml_cgraph * graph
             list[m++] = d;
         }
     }
-    for (int k = 0; k < m; k++) {
-        if (k < n) {
-            nodes[k] = list[k];
-        } else {
-            ggml_graph_add_node(graph, list[k]);
-        }
-    }
-    free(list);
+    ggtune_set_nodes(graph, list, m);
     return extra;
 }
