@@ -3,6 +3,7 @@ package binding
 // #include <stdlib.h>
 // #include "ggml.h"
 // #include "ggtune.h"
+// #include "checkpoint.h"
 import "C"
 
 import (
@@ -61,8 +62,27 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 		return fmt.Errorf("build backward: %d of %d accumulated tensors are not nodes of the graph", len(byPtr)-found, len(byPtr))
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
+	return g.finishBackward(gradCtx, n)
+}
+
+// finishBackward applies ggtune's rewrites to a graph whose first nFwd
+// nodes are the forward pass and the rest the backward pass that ggml just
+// built: activation checkpointing (SetCheckpoints), the in-place
+// workaround, the OUT_PROD rewrite, and the removal of views that the
+// rewrites left unread (which would otherwise keep their sources allocated
+// to the end of the graph).
+func (g *Graph) finishBackward(gradCtx *Context, nFwd int) error {
+	if err := g.recompute(gradCtx, nFwd); err != nil {
+		return err
+	}
 	g.protectInplaceBackward(gradCtx)
-	return g.rewriteOutProd(gradCtx)
+	if err := g.rewriteOutProd(gradCtx); err != nil {
+		return err
+	}
+	if C.ggtune_prune_views(g.g) < 0 {
+		return fmt.Errorf("build backward: %w", ErrOutOfMemory)
+	}
+	return nil
 }
 
 // maxTransposeElems bounds the transposed copies that the OUT_PROD rewrite
@@ -143,4 +163,40 @@ func (g *Graph) protectInplaceBackward(gradCtx *Context) {
 			}
 		}
 	}
+}
+
+// SetCheckpoints turns on activation checkpointing for backward passes
+// built later: bounds are forward tensors in graph order (the input of each
+// transformer block). The backward pass then keeps only the bounds from the
+// forward pass and recomputes what it needs of the activations between two
+// bounds right before it needs them (see ggtune_recompute), so peak memory
+// holds the bounds and one segment's activations instead of every
+// segment's. The recomputation repeats the same operations on the same
+// inputs: gradients are bitwise equal to those without checkpointing. nil
+// turns it off.
+func (g *Graph) SetCheckpoints(bounds []*Tensor) { g.checkpoints = bounds }
+
+// recompute applies SetCheckpoints' bounds to a graph whose first nFwd
+// nodes are the forward pass.
+func (g *Graph) recompute(gradCtx *Context, nFwd int) error {
+	if len(g.checkpoints) < 2 {
+		return nil
+	}
+	arr := (**C.struct_ggml_tensor)(C.calloc(C.size_t(len(g.checkpoints)), C.size_t(unsafe.Sizeof((*C.struct_ggml_tensor)(nil)))))
+	defer C.free(unsafe.Pointer(arr))
+	slots := unsafe.Slice(arr, len(g.checkpoints))
+	for i, t := range g.checkpoints {
+		if t == nil || t.t == nil {
+			return fmt.Errorf("build backward: checkpoint %d is nil", i)
+		}
+		slots[i] = t.t
+	}
+	before := g.NumNodes()
+	r := C.ggtune_recompute(gradCtx.c, g.g, C.int(nFwd), arr, C.int(len(g.checkpoints)))
+	if r < 0 {
+		return fmt.Errorf("build backward: %w: activation checkpointing needs room for up to %d more nodes (graph size %d, %d nodes; context %d bytes free), or a checkpoint is not a forward node in order",
+			ErrOutOfMemory, nFwd, g.size, before, gradCtx.FreeMem())
+	}
+	Logger().Debug("backward: activations recomputed from checkpoints", "segments", len(g.checkpoints)-1, "recomputed_nodes", int(r), "nodes", g.NumNodes())
+	return nil
 }

@@ -20,6 +20,9 @@ type Graph struct {
 	plainOutProd bool
 	// transposeLimit overrides maxTransposeElems (see SetTransposeLimit).
 	transposeLimit int64
+	// checkpoints are the boundaries of recomputed segments (see
+	// SetCheckpoints).
+	checkpoints []*Tensor
 }
 
 // SetPlainOutProd controls how backward passes built later compute the
@@ -648,8 +651,7 @@ func (g *Graph) BuildBackward(gradCtx *Context) error {
 		return fmt.Errorf("build backward: %w: gradient context has %d bytes free, needs about %d", ErrOutOfMemory, gradCtx.FreeMem(), need)
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, (**C.struct_ggml_tensor)(unsafe.Pointer(nil)))
-	g.protectInplaceBackward(gradCtx)
-	return g.rewriteOutProd(gradCtx)
+	return g.finishBackward(gradCtx, n)
 }
 
 // Grad returns the gradient of the loss with respect to t, or nil.

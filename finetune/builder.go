@@ -9,21 +9,45 @@ import (
 
 // GraphBuilder returns the train.Builder that builds the model's forward
 // graph with the given hooks (seed seeds dropout masks).
-func GraphBuilder(m *model.Model, hooks []model.Hook, seed uint64) train.Builder {
-	return &graphBuilder{m: m, hooks: hooks, seed: seed}
+func GraphBuilder(m *model.Model, hooks []model.Hook, seed uint64, opts ...BuilderOption) train.Builder {
+	g := &graphBuilder{m: m, hooks: hooks, seed: seed}
+	for _, o := range opts {
+		o(g)
+	}
+	return g
+}
+
+// BuilderOption configures a GraphBuilder.
+type BuilderOption func(*graphBuilder)
+
+// WithGradCheckpoint turns activation checkpointing of training graphs on
+// or off (off by default): the backward pass keeps only each transformer
+// block's input and recomputes the block's activations when it needs them.
+func WithGradCheckpoint(on bool) BuilderOption {
+	return func(g *graphBuilder) { g.checkpoint = on }
 }
 
 // graphBuilder lets the training engine build the model's forward graph
 // with a method's hooks.
 type graphBuilder struct {
-	m     *model.Model
-	hooks []model.Hook
-	seed  uint64
+	m          *model.Model
+	hooks      []model.Hook
+	seed       uint64
+	checkpoint bool
 }
 
 type forward struct {
-	f    *model.Forward
-	seed uint64
+	f          *model.Forward
+	seed       uint64
+	checkpoint bool
+}
+
+// Checkpoints implements train.Checkpointer.
+func (f forward) Checkpoints() []*binding.Tensor {
+	if !f.checkpoint || !f.f.Builder.Train {
+		return nil
+	}
+	return f.f.BlockInputs
 }
 
 // Logits implements train.Forward.
@@ -41,7 +65,7 @@ func (g *graphBuilder) BuildForward(ctx *binding.Context, b, t int, training boo
 	if err != nil {
 		return nil, err
 	}
-	return forward{f: f, seed: g.seed}, nil
+	return forward{f: f, seed: g.seed, checkpoint: g.checkpoint}, nil
 }
 
 // GraphSize implements train.GraphSizer.

@@ -53,7 +53,64 @@ type Job struct {
 	// (a GGUF written by ggtune) instead of a fresh one; its file's
 	// configuration replaces Config.
 	InitFrom string
-	Train    train.Config
+	// GradCheckpoint selects activation checkpointing (default: automatic).
+	GradCheckpoint GradCheckpoint
+	Train          train.Config
+}
+
+// GradCheckpoint selects activation checkpointing: the backward pass keeps
+// only each transformer block's input and recomputes the block's
+// activations when it needs them, which trades about a third more compute
+// for memory that no longer grows with the number of blocks.
+type GradCheckpoint int
+
+// The activation checkpointing modes.
+const (
+	// GradCheckpointAuto checkpoints micro batches of at least
+	// AutoCheckpointTokens tokens.
+	GradCheckpointAuto GradCheckpoint = iota
+	GradCheckpointOn
+	GradCheckpointOff
+)
+
+// AutoCheckpointTokens is the micro-batch size (batch × context, in tokens)
+// from which GradCheckpointAuto turns checkpointing on.
+const AutoCheckpointTokens = 2048
+
+// String returns the mode's flag value: auto, on or off.
+func (g GradCheckpoint) String() string {
+	switch g {
+	case GradCheckpointOn:
+		return "on"
+	case GradCheckpointOff:
+		return "off"
+	}
+	return "auto"
+}
+
+// ParseGradCheckpoint parses auto, on or off (true and false too).
+func ParseGradCheckpoint(s string) (GradCheckpoint, error) {
+	switch strings.ToLower(s) {
+	case "auto", "":
+		return GradCheckpointAuto, nil
+	case "on", "true", "1":
+		return GradCheckpointOn, nil
+	case "off", "false", "0":
+		return GradCheckpointOff, nil
+	}
+	return 0, fmt.Errorf("%w: gradient checkpointing %q (want auto, on or off)", ErrJob, s)
+}
+
+// checkpointing reports whether the job's training graph recomputes
+// activations.
+func (j *Job) checkpointing() bool {
+	switch j.GradCheckpoint {
+	case GradCheckpointOn:
+		return true
+	case GradCheckpointOff:
+		return false
+	}
+	return j.Batch*j.Context >= AutoCheckpointTokens
 }
 
 // Report is the outcome of a job.
@@ -162,7 +219,7 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	eng, err := train.NewEngine(GraphBuilder(m, inst.Hooks(1), j.Seed), groups, m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
+	eng, err := train.NewEngine(GraphBuilder(m, inst.Hooks(1), j.Seed, WithGradCheckpoint(j.checkpointing())), groups, m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
 	if err != nil {
 		return nil, err
 	}

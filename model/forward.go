@@ -33,6 +33,10 @@ type Forward struct {
 	Mask      *binding.Tensor // F32 [Prefix+Virtual+T, Virtual+T, 1, B]
 	Hidden    *binding.Tensor // F32 [n_embd, T, B]: final hidden states after the output norm
 	Logits    *binding.Tensor // F32 [n_vocab, T, B]
+	// BlockInputs is the residual stream entering each transformer block,
+	// in graph order: the boundaries of activation checkpointing (see
+	// binding.Graph.SetCheckpoints).
+	BlockInputs []*binding.Tensor
 
 	outIdx *binding.Tensor
 	ids    []int32
@@ -136,6 +140,7 @@ func (m *Model) BuildForward(ctx *binding.Context, shape Shape, hooks []Hook) (*
 	if hidden == nil || logits == nil {
 		return nil, fmt.Errorf("build forward: %w", errOr(ctx.Err(), "graph construction failed"))
 	}
+	f.BlockInputs = b.blockIn
 	f.Hidden = ctx.Reshape(hidden, ne, T, B)
 	f.Logits = ctx.Reshape(logits, int64(cfg.NVocab), T, B)
 	if f.Hidden == nil || f.Logits == nil {

@@ -36,8 +36,10 @@ func (b *Builder) blocks(x, pos *binding.Tensor, attend attendFunc, sel func(*bi
 	m := b.Model
 	cfg := &m.cfg
 	rope := cfg.RoPE()
+	b.blockIn = b.blockIn[:0]
 	for il := range m.layers {
 		l := &m.layers[il]
+		b.blockIn = append(b.blockIn, x)
 		h := b.norm(x, l.attnNorm)
 		q := b.addBias(b.project(il, ProjQ, l.wq, h), l.bq)
 		k := b.addBias(b.project(il, ProjK, l.wk, h), l.bk)

@@ -181,6 +181,8 @@ type Builder struct {
 	hooks  []Hook
 	inputs []input
 	rng    *rand.Rand
+	// blockIn is the residual stream entering each block, in order.
+	blockIn []*binding.Tensor
 }
 
 type input struct {

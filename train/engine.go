@@ -34,6 +34,15 @@ type Reseeder interface {
 	Reseed(seed uint64)
 }
 
+// Checkpointer is implemented by forwards that support activation
+// checkpointing. Checkpoints returns the boundaries between which the
+// backward pass recomputes activations instead of keeping them (each
+// transformer block's input, in graph order), or nil to keep every
+// activation; see binding.Graph.SetCheckpoints.
+type Checkpointer interface {
+	Checkpoints() []*binding.Tensor
+}
+
 // GraphSizer is implemented by builders that know how many nodes their
 // forward graph needs; the engine then sizes its training graph (forward
 // and backward) from it instead of a fixed default.
@@ -228,14 +237,15 @@ func plainHead(logits *binding.Tensor) (w, h *binding.Tensor) {
 const defaultGraphSize = 1 << 14
 
 // graphSizes returns the node capacities of the evaluation graph and of the
-// training graph (forward, loss, backward: about five times as many).
+// training graph (forward, loss, backward, and the forward nodes that
+// activation checkpointing recomputes: about six times as many).
 func graphSizes(builder Builder) (eval, training int) {
 	n := defaultGraphSize
 	if gs, ok := builder.(GraphSizer); ok && gs.GraphSize() > 0 {
 		n = gs.GraphSize()
 	}
 	n += 64 // the loss
-	return n, 6 * n
+	return n, 7 * n
 }
 
 // NewEngine builds the training, evaluation and optimizer graphs for b×t
@@ -403,6 +413,9 @@ func (e *Engine) buildTrain(builder Builder) error {
 		if err := e.trainGraph.BuildForward(t); err != nil {
 			return fmt.Errorf("new engine: %w", err)
 		}
+	}
+	if c, ok := e.trainFwd.(Checkpointer); ok {
+		e.trainGraph.SetCheckpoints(c.Checkpoints())
 	}
 	accs := map[*binding.Tensor]*binding.Tensor{e.trainIn.loss: e.seed}
 	for i, p := range e.params {

@@ -48,6 +48,9 @@ type trainBenchOpts struct {
 	ctx, batch, threads, steps int
 	methods                    []string
 	sweep                      []int // contexts of the LoRA sweep
+	// maxPlainCtx is the longest context of the sweep measured without
+	// activation checkpointing too.
+	maxPlainCtx int
 }
 
 // benchModelSpec is a random model the training benchmark generates.
@@ -88,13 +91,14 @@ func benchText(path string, tokens int) error {
 
 // runTrainWorker measures one method in a child process (so that its peak
 // RSS is its own) and returns its tokens/s and peak RSS.
-func runTrainWorker(modelPath, dataPath, method string, ctxLen int, o trainBenchOpts) (trainStat, error) {
+// ckpt is the --grad-checkpoint value (auto, on, off).
+func runTrainWorker(modelPath, dataPath, method string, ctxLen int, ckpt string, o trainBenchOpts) (trainStat, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return trainStat{}, err
 	}
 	args := []string{"bench-worker", "-m", modelPath, "--data", dataPath, "--method", method,
-		"--ctx", fmt.Sprint(ctxLen), "--batch", fmt.Sprint(o.batch), "-t", fmt.Sprint(o.threads), "--steps", fmt.Sprint(o.steps)}
+		"--ctx", fmt.Sprint(ctxLen), "--batch", fmt.Sprint(o.batch), "-t", fmt.Sprint(o.threads), "--steps", fmt.Sprint(o.steps), "--grad-checkpoint", ckpt}
 	cmd := exec.Command(exe, args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -136,6 +140,7 @@ func newBenchWorkerCmd() *cobra.Command {
 		modelPath, dataPath, method string
 		ctxLen, batch, threads      int
 		steps                       int
+		ckpt                        string
 	)
 	cmd := &cobra.Command{
 		Use:    "bench-worker",
@@ -152,12 +157,16 @@ func newBenchWorkerCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			gc, err := finetune.ParseGradCheckpoint(ckpt)
+			if err != nil {
+				return err
+			}
 			cfg := meth.NewConfig()
 			if p, ok := cfg.(*prompttune.Config); ok {
 				p.NumVirtual, p.Init = 16, prompttune.InitRandom
 			}
 			j := finetune.Job{Method: meth.Name(), Config: cfg, Model: modelPath, Data: dataPath, Output: filepath.Join(dir, "out.gguf"),
-				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1,
+				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1, GradCheckpoint: gc,
 				Train: train.Config{Steps: steps, GradAccum: 1, Optimizer: train.DefaultAdamW(),
 					Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-5}, Progress: io.Discard,
 					OnMetrics: func(m train.Metrics) {
@@ -184,6 +193,7 @@ func newBenchWorkerCmd() *cobra.Command {
 	f.IntVar(&batch, "batch", 1, "batch")
 	f.IntVarP(&threads, "threads", "t", 2, "threads")
 	f.IntVar(&steps, "steps", 4, "steps")
+	f.StringVar(&ckpt, "grad-checkpoint", "auto", "activation checkpointing: auto, on, off")
 	return cmd
 }
 
@@ -216,7 +226,7 @@ func benchTrainModel(path, dataPath string, o benchOpts, to trainBenchOpts) (tra
 		if flops == 0 {
 			return rep, fmt.Errorf("--methods: %q is not one of lora, full, prompt, prefix", m)
 		}
-		st, err := runTrainWorker(path, dataPath, m, to.ctx, to)
+		st, err := runTrainWorker(path, dataPath, m, to.ctx, "auto", to)
 		if err != nil {
 			return rep, err
 		}
@@ -284,11 +294,16 @@ func benchTrain(out io.Writer, models, shapes []string, asJSON bool, o benchOpts
 			fmt.Fprintf(w, "%s\t%.0f\t%s\t%.1f\t%.0f\t%.1f\t%.3f\t\n", filepath.Base(p), float64(size)/1e6, m, st.TokS, float64(st.PeakRSS)/1e6, rep.LlamaPP, st.Efficiency)
 		}
 		for _, c := range to.sweep {
-			st, err := runTrainWorker(p, dataPath, "lora", c, to)
-			if err != nil {
-				return err
+			for _, ck := range []string{"off", "on"} {
+				if ck == "off" && c > to.maxPlainCtx {
+					continue
+				}
+				st, err := runTrainWorker(p, dataPath, "lora", c, ck, to)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "%s\t%.0f\tlora ctx %d ckpt %s\t%.1f\t%.0f\t\t\t\n", filepath.Base(p), float64(size)/1e6, c, ck, st.TokS, float64(st.PeakRSS)/1e6)
 			}
-			fmt.Fprintf(w, "%s\t%.0f\tlora ctx %d\t%.1f\t%.0f\t\t\t\n", filepath.Base(p), float64(size)/1e6, c, st.TokS, float64(st.PeakRSS)/1e6)
 		}
 		w.Flush()
 	}

@@ -88,6 +88,7 @@ type trainOpts struct {
 
 	noPack, trainOnPrompt, skipBad bool
 	format, chatTemplate           string
+	gradCheckpoint                 string
 	stride                         int
 }
 
@@ -141,6 +142,8 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 	f.StringVar(&o.plot, "plot", "", "loss-curve PNG (default OUT.loss.png; none: off)")
 
 	f.StringVar(&o.format, "format", "auto", "data format: auto, plain, text, completion, alpaca or chat")
+	f.StringVar(&o.gradCheckpoint, "grad-checkpoint", "auto", fmt.Sprintf("activation checkpointing: on, off, or auto (on from %d tokens per micro batch): recompute each block in the backward pass instead of keeping its activations", finetune.AutoCheckpointTokens))
+	f.Lookup("grad-checkpoint").NoOptDefVal = "on"
 	f.BoolVar(&o.noPack, "no-pack", false, "one example per sequence with padding, instead of packing short examples together")
 	f.BoolVar(&o.trainOnPrompt, "train-on-prompt", false, "train on prompt and user tokens too, not only completions/assistant turns")
 	f.BoolVar(&o.skipBad, "skip-bad", false, "skip (and count) malformed records instead of failing")
@@ -270,6 +273,10 @@ func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(s
 	if err != nil {
 		return j, fmt.Errorf("%w: --format: %v", errUsage, err)
 	}
+	gc, err := finetune.ParseGradCheckpoint(o.gradCheckpoint)
+	if err != nil {
+		return j, fmt.Errorf("%w: --grad-checkpoint: %v", errUsage, err)
+	}
 	ckpt := o.output + ".ckpt"
 	if err := checkResume(ckpt, o.resume, o.overwrite); err != nil {
 		return j, err
@@ -277,6 +284,7 @@ func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(s
 	j = finetune.Job{
 		Method: m.Name(), Config: mcfg, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
 		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
+		GradCheckpoint: gc,
 		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate,
 			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},
 		Train: train.Config{
