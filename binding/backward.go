@@ -193,8 +193,11 @@ func (g *Graph) recompute(gradCtx *Context, nFwd int) error {
 	}
 	before := g.NumNodes()
 	r := C.ggtune_recompute(gradCtx.c, g.g, C.int(nFwd), arr, C.int(len(g.checkpoints)))
-	if r < 0 {
-		return fmt.Errorf("build backward: %w: activation checkpointing needs room for up to %d more nodes (graph size %d, %d nodes; context %d bytes free), or a checkpoint is not a forward node in order",
+	switch {
+	case r == -2:
+		return fmt.Errorf("build backward: %w: activation checkpoints must be forward nodes of the graph, in graph order", ErrShape)
+	case r < 0:
+		return fmt.Errorf("build backward: %w: activation checkpointing needs room for up to %d more nodes (graph size %d, %d nodes; context %d bytes free)",
 			ErrOutOfMemory, nFwd, g.size, before, gradCtx.FreeMem())
 	}
 	Logger().Debug("backward: activations recomputed from checkpoints", "segments", len(g.checkpoints)-1, "recomputed_nodes", int(r), "nodes", g.NumNodes())

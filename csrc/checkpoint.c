@@ -93,6 +93,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
     for (int l = 0; l < n_bounds; l++) {
         bidx[l] = ptrmap_get(&idx, bounds[l]);
         if (bidx[l] < 0 || (l > 0 && bidx[l] <= bidx[l - 1])) {
+            result = -2;
             goto done;
         }
     }

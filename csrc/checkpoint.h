@@ -19,8 +19,8 @@ extern "C" {
 // recomputes them from the saved boundary, one segment at a time, when the
 // backward pass arrives there. The clones compute exactly what the
 // originals did, so gradients are bitwise equal. It returns the number of
-// cloned nodes, or -1 if the graph or ctx has no room or a bound is not a
-// forward node.
+// cloned nodes, -1 if the graph or ctx has no room (or no memory), or -2
+// if a bound is not a forward node after the previous bound.
 int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int n_fwd, struct ggml_tensor ** bounds, int n_bounds);
 
 // ggtune_prune_views removes from the graph the view nodes (VIEW, RESHAPE,
