@@ -37,6 +37,12 @@ func (b *Builder) blocks(x, pos *binding.Tensor, attend attendFunc, sel func(*bi
 	cfg := &m.cfg
 	rope := cfg.RoPE()
 	for il := range m.layers {
+		if b.skip(il) {
+			if il == len(m.layers)-1 && sel != nil {
+				x = sel(x)
+			}
+			continue
+		}
 		l := &m.layers[il]
 		h := b.norm(x, l.attnNorm)
 		q := b.addBias(b.project(il, ProjQ, l.wq, h), l.bq)
