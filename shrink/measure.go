@@ -6,8 +6,8 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/data"
-	"github.com/ggtune/ggtune/train"
 	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
 )
 
 // runner evaluates one model's full-sequence graph on batches of one shape,
