@@ -38,6 +38,7 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/outguard"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
 )
@@ -185,7 +186,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer s.ref.Close()
-	if s.dir, err = os.MkdirTemp(filepath.Dir(o.Output), "."+filepath.Base(o.Output)+".shrink-*"); err != nil {
+	if s.dir, err = workDir(o.Output, "shrink"); err != nil {
 		return nil, fmt.Errorf("shrink: %w", err)
 	}
 	defer os.RemoveAll(s.dir)
@@ -459,3 +460,17 @@ func rounded(v []float64) []float64 {
 	}
 	return out
 }
+
+// workDir creates the scratch directory ".OUT.KIND-*" beside out (see
+// outguard.TempDir).
+func workDir(out, kind string) (string, error) {
+	d, err := outguard.TempDir(out, kind)
+	if err != nil {
+		return "", fmt.Errorf("shrink: %w", err)
+	}
+	return d, nil
+}
+
+// SampleDir creates the scratch directory beside out for text sampled by
+// a data-free run (removing those a killed run left); the caller removes it.
+func SampleDir(out string) (string, error) { return workDir(out, "samples") }
