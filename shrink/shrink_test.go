@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +15,8 @@ import (
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/internal/ggufpatch"
+	"github.com/ggtune/ggtune/internal/randmodel"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/shrink"
 	"github.com/ggtune/ggtune/train"
@@ -130,3 +133,79 @@ func TestShrinkStoriesHeals(t *testing.T) {
 type bytesWriter struct{ b []byte }
 
 func (w *bytesWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+// inertModel writes a random F32 model whose block 1 is the identity
+// (zero attention output and down projections) and whose FFN channels
+// below dead have zero gate rows in every block (their activation
+// silu(0)*up is exactly 0).
+func inertModel(t *testing.T, path string, dead int) {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "raw.gguf")
+	const ne, nff, nl = 64, 96, 3
+	require.NoError(t, randmodel.Write(raw, randmodel.Options{NEmbd: ne, NLayer: nl, NHead: 4, NFF: nff, Seed: 9}))
+	f, err := binding.OpenGGUF(raw)
+	require.NoError(t, err)
+	defer f.Close()
+	patches := map[string]ggufpatch.Patch{}
+	zero := func(name string, n int) {
+		patches[name] = ggufpatch.Patch{Type: binding.TypeF32, Values: func() ([]float32, error) { return make([]float32, n), nil }}
+	}
+	zero("blk.1.attn_output.weight", ne*ne)
+	zero("blk.1.ffn_down.weight", ne*nff)
+	for l := range nl {
+		name := fmt.Sprintf("blk.%d.ffn_gate.weight", l)
+		patches[name] = ggufpatch.Patch{Type: binding.TypeF32, Values: func() ([]float32, error) {
+			v, err := f.ReadTensorFloats(name)
+			clear(v[:dead*ne])
+			return v, err
+		}}
+	}
+	require.NoError(t, ggufpatch.Write(raw, path, patches, nil))
+}
+
+// TestImportanceFindsInertParts checks each importance measure against a
+// known answer: in a model whose block 1 is the identity, Block Influence
+// and the skip-loss increase of block 1 are 0 and it is removed first; FFN
+// channels with zero activation are the ones pruned. Removing inert parts
+// changes no logit, so the stage's held-out loss equals the source's and
+// its KL to the source is 0 (without healing).
+func TestImportanceFindsInertParts(t *testing.T) {
+	text := fixture.Path(t, "text/tinyshakespeare.txt")
+	dir := t.TempDir()
+	b, err := os.ReadFile(text)
+	require.NoError(t, err)
+	data := filepath.Join(dir, "data.txt")
+	require.NoError(t, os.WriteFile(data, b[:12000], 0o644))
+	src := filepath.Join(dir, "inert.gguf")
+	inertModel(t, src, 32)
+	cases := []struct {
+		name       string
+		importance shrink.Importance
+		toLayers   int
+		ffnTo      int
+		action     string
+	}{
+		{"influence", shrink.Influence, 2, 0, "remove block 1"},
+		{"loss", shrink.LossIncrease, 2, 0, "remove block 1"},
+		{"ffn", shrink.Influence, 0, 64, "ffn 96 -> 64"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rep, err := shrink.Run(context.Background(), shrink.Options{Model: src, Output: filepath.Join(dir, tc.name+".gguf"), Data: data, ValSplit: 0.2,
+				ToLayers: tc.toLayers, FFNTo: tc.ffnTo, Importance: tc.importance, Context: 32, Batch: 4, Threads: 1, Seed: 1})
+			require.NoError(t, err)
+			require.Len(t, rep.Stages, 2)
+			st := rep.Stages[1]
+			assert.Equal(t, tc.action, st.Action)
+			if tc.toLayers > 0 {
+				require.Len(t, st.Importance, 3)
+				t.Logf("%s importance %v", tc.importance, st.Importance)
+				assert.InDelta(t, 0, st.Importance[1], 1e-5)
+				assert.Greater(t, st.Importance[0], 1e-3)
+				assert.Greater(t, st.Importance[2], 1e-3)
+			}
+			assert.InDelta(t, rep.Stages[0].Loss, st.Loss, 1e-4)
+			assert.InDelta(t, 0, st.KL, 1e-5)
+		})
+	}
+}
