@@ -312,7 +312,7 @@ func (s *shrinker) step(ctx context.Context, cur string, n int, st *Stage) (stri
 			return "", err
 		}
 		// At most a third of the channels at once (Minitron's advice).
-		next.NFF = max(s.o.FFNTo, st.NFF-st.NFF/3)
+		next.NFF = max(s.o.FFNTo, st.NFF-max(st.NFF/3, 1))
 		plan.FFN = topChannels(mag, next.NFF)
 		next.Action = fmt.Sprintf("ffn %d -> %d", st.NFF, next.NFF)
 		s.logf("stage %d: keeping the %d of %d FFN channels with the largest mean activation", n, next.NFF, st.NFF)

@@ -190,7 +190,7 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 		}
 		healer = shrink.TrainHealer{Job: finetune.Job{
 			Method: o.healMethod, Data: dataPath, ValSplit: valSplit, Context: o.ctx, Batch: o.batch, Pack: true,
-			Threads: o.threads, Seed: o.seed, DataOptions: dopts,
+			Threads: o.threads, Seed: o.seed, DataOptions: dopts, MaxValBatches: o.evalBatches,
 			Train: train.Config{Steps: o.healSteps, Optimizer: train.DefaultAdamW(),
 				Schedule: train.LRSchedule{Kind: train.Cosine, LR: lr}, Progress: stderr},
 		}}
