@@ -209,3 +209,42 @@ func TestImportanceFindsInertParts(t *testing.T) {
 		})
 	}
 }
+
+// cancelling cancels the run's context, then heals (as Ctrl-C during
+// healing does).
+type cancelling struct {
+	cancel func()
+	h      shrink.Healer
+}
+
+func (c cancelling) Heal(ctx context.Context, req shrink.HealRequest) error {
+	c.cancel()
+	return c.h.Heal(ctx, req)
+}
+
+// TestShrinkInterrupted checks that a run cancelled while healing returns
+// the interruption, writes no output and leaves no scratch files.
+func TestShrinkInterrupted(t *testing.T) {
+	text := fixture.Path(t, "text/tinyshakespeare.txt")
+	dir := t.TempDir()
+	b, err := os.ReadFile(text)
+	require.NoError(t, err)
+	data := filepath.Join(dir, "data.txt")
+	require.NoError(t, os.WriteFile(data, b[:12000], 0o644))
+	src := filepath.Join(dir, "inert.gguf")
+	inertModel(t, src, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	heal := cancelling{cancel: cancel, h: shrink.TrainHealer{Job: finetune.Job{Method: "lora", Data: data, Context: 32, Batch: 4, Pack: true, Threads: 1,
+		Train: train.Config{Steps: 50, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-3}}}}}
+	out := filepath.Join(dir, "out.gguf")
+	_, err = shrink.Run(ctx, shrink.Options{Model: src, Output: out, Data: data, ValSplit: 0.2, ToLayers: 2, Heal: heal, Context: 32, Batch: 4, Threads: 1})
+	require.ErrorIs(t, err, train.ErrInterrupted)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	assert.ElementsMatch(t, []string{"data.txt", "inert.gguf"}, names)
+}
