@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -17,10 +19,14 @@ import (
 // WriteTable prints the report as an aligned table: one row per stage.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "stage\taction\tblocks\tn_ff\tparams\tfile MB\tloss before heal\tloss\tKL to source\tpp tok/s\t")
+	fmt.Fprintln(tw, "stage\taction\tblocks\tsource blocks\tn_ff\tparams\tfile MB\tloss before heal\tloss\tKL to source\tpp tok/s\t")
 	for _, s := range r.Stages {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%.3f\t%.4f\t%.4f\t%.4f\t%.1f\t\n", s.Stage, s.Action, len(s.Blocks), s.NFF, s.Params,
-			float64(s.FileBytes)/1e6, s.LossBeforeHeal, s.Loss, s.KL, s.PPTokS)
+		kept := make([]string, len(s.Blocks))
+		for i, b := range s.Blocks {
+			kept[i] = strconv.Itoa(b)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%.3f\t%.4f\t%.4f\t%.4f\t%.1f\t\n", s.Stage, s.Action, len(s.Blocks), strings.Join(kept, ","),
+			s.NFF, s.Params, float64(s.FileBytes)/1e6, s.LossBeforeHeal, s.Loss, s.KL, s.PPTokS)
 	}
 	return tw.Flush()
 }

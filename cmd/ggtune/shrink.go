@@ -78,6 +78,7 @@ func newShrinkCmd() *cobra.Command {
 	f.StringVar(&o.importance, "importance", string(shrink.Influence), "block importance: influence (Block Influence) or loss (loss increase when skipped)")
 	f.IntVar(&o.healSteps, "heal-steps", 50, "training steps of healing after each stage (0: no healing)")
 	f.StringVar(&o.healMethod, "heal-method", "lora", "healing method: lora (merged back after each stage) or full")
+	f.StringVar(&o.healMethod, "method", "lora", "the same as --heal-method (the flag of train and distill)")
 	f.Float64Var(&o.lr, "lr", 0, "healing learning rate (0: the method's default, as in ggtune train)")
 	f.IntVar(&o.ctx, "ctx", 256, "tokens per sequence (T)")
 	f.IntVar(&o.batch, "batch", 4, "sequences per batch (B)")
