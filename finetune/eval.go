@@ -27,17 +27,7 @@ func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (t
 	if o.Context < 2 || o.Batch < 1 {
 		return train.Evaluation{}, fmt.Errorf("%w: context %d and batch %d (want >= 2 and >= 1)", ErrJob, o.Context, o.Batch)
 	}
-	tok, err := m.Tokenizer()
-	if err != nil {
-		return train.Evaluation{}, err
-	}
-	opts := o.DataOptions
-	opts.Context, opts.Templater = o.Context, templater
-	ds, err := data.Load(path, tokenizer{tok}, opts)
-	if err != nil {
-		return train.Evaluation{}, err
-	}
-	bs, err := batches(ds, Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches})
+	bs, _, err := ReadBatches(m, path, o, 0, 0)
 	if err != nil {
 		return train.Evaluation{}, err
 	}
@@ -51,4 +41,39 @@ func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (t
 		return train.Evaluation{}, fmt.Errorf("evaluate %s: %w", path, err)
 	}
 	return ev, nil
+}
+
+// ReadBatches reads the data file path with m's tokenizer and batches it as
+// Run batches validation data (one pass, in order, at most o.MaxBatches
+// batches per part). With split > 0 it cuts the examples as a Job with
+// ValSplit split and Seed seed does and returns the training part first
+// and the held-out part second; otherwise all of the file is the first.
+func ReadBatches(m *model.Model, path string, o EvalOptions, split float64, seed uint64) (rest, held []train.Batch, err error) {
+	if o.Context < 2 || o.Batch < 1 {
+		return nil, nil, fmt.Errorf("%w: context %d and batch %d (want >= 2 and >= 1)", ErrJob, o.Context, o.Batch)
+	}
+	tok, err := m.Tokenizer()
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := o.DataOptions
+	opts.Context, opts.Templater = o.Context, templater
+	ds, err := data.Load(path, tokenizer{tok}, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	var val *data.Dataset
+	if split > 0 {
+		if ds, val, err = ds.Split(split, seed); err != nil {
+			return nil, nil, err
+		}
+	}
+	j := Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches}
+	if rest, err = batches(ds, j); err != nil {
+		return nil, nil, err
+	}
+	if held, err = batches(val, j); err != nil {
+		return nil, nil, err
+	}
+	return rest, held, nil
 }

@@ -66,6 +66,8 @@
 //     the down projection): IA3.
 //   - [LayerOutputHook]: LayerOutput(b, layer, h) after the layer's residual
 //     add (control vectors).
+//   - [LayerSkipHook]: SkipLayer(layer) reports a block to leave out: its
+//     input passes through unchanged (block importance for shrinking).
 //
 // Hidden states are 2-D [n, N]: one column per position, sequence-major;
 // the [Builder] carries the graph context, the model, the batch shape, the

@@ -237,11 +237,17 @@ func (f *Forward) SetBatch(tokens, segments []int32) error {
 	if err := f.Tokens.SetInts(tokens); err != nil {
 		return fmt.Errorf("set batch: %w", err)
 	}
-	if err := f.Positions.SetInts(f.posBuf); err != nil {
-		return fmt.Errorf("set batch: %w", err)
+	// With every block skipped (LayerSkipHook) no attention reads the
+	// positions and the mask, and the graph allocates neither.
+	if f.Positions.Allocated() {
+		if err := f.Positions.SetInts(f.posBuf); err != nil {
+			return fmt.Errorf("set batch: %w", err)
+		}
 	}
-	if err := f.Mask.SetFloats(f.mask); err != nil {
-		return fmt.Errorf("set batch: %w", err)
+	if f.Mask.Allocated() {
+		if err := f.Mask.SetFloats(f.mask); err != nil {
+			return fmt.Errorf("set batch: %w", err)
+		}
 	}
 	if f.outIdx != nil {
 		if f.ids == nil {

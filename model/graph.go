@@ -38,6 +38,12 @@ func (b *Builder) blocks(x, pos *binding.Tensor, attend attendFunc, sel func(*bi
 	rope := cfg.RoPE()
 	b.blockIn = b.blockIn[:0]
 	for il := range m.layers {
+		if b.skip(il) {
+			if il == len(m.layers)-1 && sel != nil {
+				x = sel(x)
+			}
+			continue
+		}
 		l := &m.layers[il]
 		b.blockIn = append(b.blockIn, x)
 		h := b.norm(x, l.attnNorm)

@@ -10,7 +10,7 @@ import (
 // Hook is a value that changes the model's forward pass at named points. It
 // implements any subset of the optional interfaces below (ProjectionHook,
 // EmbeddingHook, PromptHook, PrefixKVHook, AttentionOutputHook,
-// FFNOutputHook, ScaleHook, NormHook, LayerOutputHook), like http.Flusher. A []Hook is
+// FFNOutputHook, ScaleHook, NormHook, LayerOutputHook, LayerSkipHook), like http.Flusher. A []Hook is
 // applied in order at each point; with no hooks the plain model runs.
 type Hook any
 
@@ -159,6 +159,14 @@ type LayerOutputHook interface {
 	LayerOutput(b *Builder, layer int, h *binding.Tensor) *binding.Tensor
 }
 
+// LayerSkipHook removes transformer blocks from the forward pass: a layer
+// for which SkipLayer returns true passes its input through unchanged (no
+// attention, no FFN, no other hook of that layer), as if the block were not
+// in the file. Progressive shrinking measures a block's importance this way.
+type LayerSkipHook interface {
+	SkipLayer(layer int) bool
+}
+
 // Builder is what hooks see while a graph is built. Hidden states are 2-D
 // [n, N] tensors with one column per position. In a training graph
 // (Model.BuildForward) N = Batch*(Virtual+Tokens) and the positions of
@@ -304,6 +312,15 @@ func (b *Builder) layerOutput(layer int, x *binding.Tensor) *binding.Tensor {
 		}
 	}
 	return x
+}
+
+func (b *Builder) skip(layer int) bool {
+	for _, h := range b.hooks {
+		if sh, ok := h.(LayerSkipHook); ok && sh.SkipLayer(layer) {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *Builder) embed(tokens, e *binding.Tensor) *binding.Tensor {

@@ -245,6 +245,10 @@ func (g *stepGraph) setInputs(s *Session, tokens []int32) error {
 			return err
 		}
 	}
+	if !g.pos.Allocated() {
+		// Every block is skipped (LayerSkipHook): no attention, no cache.
+		return g.b.fillInputs()
+	}
 	for _, e := range []error{g.pos.SetInts(g.posBuf), g.kidx.SetInts(g.kidxBuf), g.vidx.SetInts(g.vidxBuf), g.mask.SetFloats(g.maskBuf)} {
 		if e != nil {
 			return e

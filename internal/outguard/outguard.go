@@ -146,6 +146,30 @@ func RemoveStale(path string) (int, error) {
 	return n, nil
 }
 
+// TempDir creates a scratch directory ".NAME.KIND-*" beside path (for a
+// command's intermediate files, on the output's file system) after removing
+// the directories of that naming that a killed run left behind. The caller
+// removes it.
+func TempDir(path, kind string) (string, error) {
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+"."+kind+"-"
+	stale, err := filepath.Glob(filepath.Join(globEscape(dir), globEscape(prefix)+"*"))
+	if err != nil {
+		return "", fmt.Errorf("remove stale directories of %s: %w", path, err)
+	}
+	for _, d := range stale {
+		if st, err := os.Lstat(d); err == nil && st.IsDir() {
+			if err := os.RemoveAll(d); err != nil {
+				return "", fmt.Errorf("remove stale directory %s: %w", d, err)
+			}
+		}
+	}
+	d, err := os.MkdirTemp(dir, prefix+"*")
+	if err != nil {
+		return "", fmt.Errorf("scratch directory for %s: %w", path, err)
+	}
+	return d, nil
+}
+
 // globEscape quotes the metacharacters of filepath.Match in s.
 func globEscape(s string) string {
 	var b strings.Builder

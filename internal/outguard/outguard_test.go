@@ -85,3 +85,33 @@ func TestRemoveStale(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"out[1].gguf.ckpt", ".other.tmp-1", ".out[1].gguf.tmp-9"}, left)
 }
+
+// TestTempDir checks that a stale scratch directory of the same output and
+// kind is removed, and that others (another kind, another output, a file of
+// that name) are kept.
+func TestTempDir(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "small.gguf")
+	stale := filepath.Join(dir, ".small.gguf.shrink-123")
+	require.NoError(t, os.MkdirAll(filepath.Join(stale, "sub"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(stale, "sub", "stage-1.gguf"), []byte("x"), 0o644))
+	keep := []string{filepath.Join(dir, ".small.gguf.samples-1"), filepath.Join(dir, ".other.gguf.shrink-1")}
+	for _, k := range keep {
+		require.NoError(t, os.Mkdir(k, 0o755))
+	}
+	file := filepath.Join(dir, ".small.gguf.shrink-file")
+	require.NoError(t, os.WriteFile(file, []byte("x"), 0o644))
+
+	d, err := outguard.TempDir(out, "shrink")
+	require.NoError(t, err)
+	st, err := os.Stat(d)
+	require.NoError(t, err)
+	assert.True(t, st.IsDir())
+	assert.Equal(t, dir, filepath.Dir(d))
+	_, err = os.Stat(stale)
+	assert.True(t, os.IsNotExist(err), "stale directory left")
+	for _, k := range append(keep, file) {
+		_, err := os.Stat(k)
+		assert.NoError(t, err, "%s removed", k)
+	}
+}
