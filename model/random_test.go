@@ -3,7 +3,9 @@ package model_test
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -105,4 +107,52 @@ func TestLlama2TinyRandomParity(t *testing.T) {
 	tokens := randomTokens(32, 32000, 7)
 	tokens[0] = 1
 	checkParity(t, path, tokens, 1e-3)
+}
+
+// TestRealVocabRandomModels checks models with llama.cpp's 102,400-token
+// deepseek-llm vocabulary: the tokenizer reproduces upstream's expected ids,
+// and the graph matches libllama on a small model and on the 541M
+// qwen2 shape (Q8_0) that the training benchmark uses.
+func TestRealVocabRandomModels(t *testing.T) {
+	vocab := fixture.Path(t, "vocab/ggml-vocab-deepseek-llm.gguf")
+	cases := []struct {
+		name string
+		opts randmodel.Options
+		tol  float64
+	}{
+		{"small", randmodel.Options{Arch: "qwen2", NHead: 4, NHeadKV: 2}, 1e-4},
+		// the 541M shape's widths in F32 (exact), then all of it in Q8_0,
+		// whose rounding of the activations at every product 24 layers of
+		// random weights amplify to about 1.5% of the logit scale
+		{"wide-f32", randmodel.Options{Arch: "qwen2", NEmbd: 896, NLayer: 4, NHead: 14, NHeadKV: 2, NFF: 4864}, 1e-4},
+		{"qwen2-541M-q8_0", randmodel.Options{Arch: "qwen2", NEmbd: 896, NLayer: 24, NHead: 14, NHeadKV: 2, NFF: 4864, Type: binding.TypeQ8_0}, 3e-2},
+	}
+	dir := t.TempDir()
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.opts.Seed, c.opts.VocabFrom = uint64(i+1), vocab
+			path := filepath.Join(dir, c.name+".gguf")
+			require.NoError(t, randmodel.Write(path, c.opts))
+			tok, err := model.LoadTokenizer(path)
+			require.NoError(t, err)
+			require.Equal(t, 102400, tok.NVocab())
+			inp, err := os.ReadFile(vocab + ".inp")
+			require.NoError(t, err)
+			out, err := os.ReadFile(vocab + ".out")
+			require.NoError(t, err)
+			inputs := strings.Split(string(inp), "\n__ggml_vocab_test__\n")
+			want := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+			for k := 0; k < 8; k++ {
+				ids, err := tok.Encode(inputs[k], false, false)
+				require.NoError(t, err)
+				got := make([]string, len(ids))
+				for j, id := range ids {
+					got[j] = fmt.Sprint(id)
+				}
+				require.Equal(t, strings.TrimSpace(want[k]), strings.Join(got, " "), "case %d %q", k, inputs[k])
+			}
+			tok.Close()
+			checkParity(t, path, randomTokens(24, 102400, uint64(i)), c.tol)
+		})
+	}
 }

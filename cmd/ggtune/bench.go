@@ -103,6 +103,7 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&to.steps, "steps", 5, "with --train: optimizer steps per measurement (the first is a warm-up)")
 	f.StringSliceVar(&to.methods, "methods", []string{"lora", "full", "prompt", "prefix"}, "with --train: methods to measure")
 	f.IntSliceVar(&to.sweep, "sweep", []int{128, 256, 512, 1024, 4096}, "with --train: contexts of the LoRA context sweep, each with activation checkpointing on and off (empty: none)")
+	f.StringVar(&to.vocab, "vocab", "", "with --train and no -m: vocabulary GGUF of the 541M shape (default: llama.cpp's deepseek-llm vocabulary from the shared test data when present, else synthetic)")
 	f.IntVar(&to.maxPlainCtx, "sweep-plain-max", 1024, "with --train: longest context of the sweep also measured without activation checkpointing")
 	f.StringSliceVar(&shapes, "shapes", []string{"86M", "541M"}, "with --train and no -m: random model shapes to generate (86M, 541M)")
 	return cmd

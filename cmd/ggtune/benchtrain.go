@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,20 @@ type trainBenchOpts struct {
 	// maxPlainCtx is the longest context of the sweep measured without
 	// activation checkpointing too.
 	maxPlainCtx int
+	// vocab is the vocabulary GGUF of the 541M shape ("": the default).
+	vocab string
+}
+
+// defaultBenchVocab returns llama.cpp's 102,400-token deepseek-llm
+// vocabulary from the shared test data ($GGTUNE_TESTDATA or
+// ../shared/testdata) when it is there, else "" (a synthetic vocabulary).
+func defaultBenchVocab() string {
+	dir := cmp.Or(os.Getenv("GGTUNE_TESTDATA"), filepath.Join("..", "shared", "testdata"))
+	p := filepath.Join(dir, "vocab", "ggml-vocab-deepseek-llm.gguf")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+		return p
+	}
+	return ""
 }
 
 // benchModelSpec is a random model the training benchmark generates.
@@ -61,14 +76,14 @@ type benchModelSpec struct {
 
 // defaultTrainModels are the real-shape random models of the training
 // benchmark: the 86M llama and a 541M qwen2-shaped model with a 102,400-token
-// vocabulary, each F32 and Q8_0.
-func defaultTrainModels() []benchModelSpec {
+// vocabulary (the one of vocabFrom when set), each F32 and Q8_0.
+func defaultTrainModels(vocabFrom string) []benchModelSpec {
 	var out []benchModelSpec
 	for _, typ := range []binding.Type{binding.TypeF32, binding.TypeQ8_0} {
 		out = append(out,
 			benchModelSpec{fmt.Sprintf("llama-86M-%v", typ), randmodel.Options{NEmbd: 768, NLayer: 12, NHead: 12, NFF: 2048, NVocab: 512, Type: typ, Seed: 1}},
 			benchModelSpec{fmt.Sprintf("qwen2-541M-%v", typ), randmodel.Options{Arch: "qwen2", NEmbd: 896, NLayer: 24, NHead: 14, NHeadKV: 2,
-				NFF: 4864, NVocab: 102400, Type: typ, Seed: 1}})
+				NFF: 4864, NVocab: 102400, Type: typ, Seed: 1, VocabFrom: vocabFrom}})
 	}
 	return out
 }
@@ -265,7 +280,12 @@ func benchTrain(out io.Writer, models, shapes []string, asJSON bool, o benchOpts
 		return json.NewEncoder(out).Encode(rep)
 	}
 	if len(models) == 0 {
-		for _, spec := range defaultTrainModels() {
+		vocab := to.vocab
+		if vocab == "" {
+			vocab = defaultBenchVocab()
+		}
+		fmt.Fprintf(os.Stderr, "541M vocabulary: %s\n", cmp.Or(vocab, "synthetic (102,400 tokens)"))
+		for _, spec := range defaultTrainModels(vocab) {
 			if !containsShape(shapes, spec.name) {
 				continue
 			}

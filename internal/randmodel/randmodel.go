@@ -2,13 +2,16 @@
 // qwen2 with QKV biases, qwen3 with q/k norms) that libllama loads, for
 // parity tests and benchmarks. The vocabulary is a synthetic
 // SentencePiece-style one (special tokens, 256 byte tokens and letter
-// pieces), so no test data is needed.
+// pieces), so no test data is needed, or a real one copied from a
+// vocabulary GGUF (Options.VocabFrom, e.g. llama.cpp's
+// ggml-vocab-deepseek-llm.gguf with 102,400 tokens).
 package randmodel
 
 import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/ggtune/ggtune/binding"
 )
@@ -30,6 +33,9 @@ type Options struct {
 	Type     binding.Type // type of the 2-D weights (F32 by default; rows that do not fit the block size fall back to F16)
 	Biases   bool         // q/k/v biases (always for qwen2)
 	Seed     uint64
+	// VocabFrom is a GGUF whose tokenizer.* keys become the model's
+	// vocabulary (NVocab is then its token count); empty: synthetic.
+	VocabFrom string
 }
 
 func (o *Options) defaults() error {
@@ -105,6 +111,41 @@ func Vocab(n int) (tokens []string, scores []float32, types []int32) {
 	return tokens, scores, types
 }
 
+// vocabKVs returns the tokenizer keys: those of o.VocabFrom (setting
+// o.NVocab to its token count), or the synthetic vocabulary's.
+func (o *Options) vocabKVs() ([]binding.KV, error) {
+	if o.VocabFrom == "" {
+		tokens, scores, types := Vocab(o.NVocab)
+		return []binding.KV{
+			{Key: "tokenizer.ggml.model", Value: "llama"},
+			{Key: "tokenizer.ggml.tokens", Value: tokens},
+			{Key: "tokenizer.ggml.scores", Value: scores},
+			{Key: "tokenizer.ggml.token_type", Value: types},
+			{Key: "tokenizer.ggml.bos_token_id", Value: uint32(1)},
+			{Key: "tokenizer.ggml.eos_token_id", Value: uint32(2)},
+			{Key: "tokenizer.ggml.unknown_token_id", Value: uint32(0)},
+		}, nil
+	}
+	f, err := binding.OpenGGUF(o.VocabFrom)
+	if err != nil {
+		return nil, fmt.Errorf("randmodel: vocabulary: %w", err)
+	}
+	defer f.Close()
+	var kvs []binding.KV
+	for _, kv := range f.KVs() {
+		if strings.HasPrefix(kv.Key, "tokenizer.") {
+			kvs = append(kvs, kv)
+		}
+	}
+	tokens, ok := f.Get("tokenizer.ggml.tokens")
+	list, isList := tokens.([]string)
+	if !ok || !isList || len(list) < 300 {
+		return nil, fmt.Errorf("randmodel: vocabulary %s: no tokenizer.ggml.tokens list of at least 300 tokens", o.VocabFrom)
+	}
+	o.NVocab = len(list)
+	return kvs, nil
+}
+
 // Write writes a random model with the options to path (atomically).
 func Write(path string, o Options) error {
 	if err := o.defaults(); err != nil {
@@ -116,7 +157,10 @@ func Write(path string, o Options) error {
 	}
 	defer w.Close()
 	a := o.Arch
-	tokens, scores, types := Vocab(o.NVocab)
+	vocab, err := o.vocabKVs()
+	if err != nil {
+		return err
+	}
 	kvs := []binding.KV{
 		{Key: "general.architecture", Value: a},
 		{Key: "general.name", Value: "ggtune random " + a},
@@ -127,14 +171,8 @@ func Write(path string, o Options) error {
 		{Key: a + ".attention.head_count", Value: uint32(o.NHead)},
 		{Key: a + ".attention.head_count_kv", Value: uint32(o.NHeadKV)},
 		{Key: a + ".attention.layer_norm_rms_epsilon", Value: o.RMSEps},
-		{Key: "tokenizer.ggml.model", Value: "llama"},
-		{Key: "tokenizer.ggml.tokens", Value: tokens},
-		{Key: "tokenizer.ggml.scores", Value: scores},
-		{Key: "tokenizer.ggml.token_type", Value: types},
-		{Key: "tokenizer.ggml.bos_token_id", Value: uint32(1)},
-		{Key: "tokenizer.ggml.eos_token_id", Value: uint32(2)},
-		{Key: "tokenizer.ggml.unknown_token_id", Value: uint32(0)},
 	}
+	kvs = append(kvs, vocab...)
 	if o.RoPEBase != 0 {
 		kvs = append(kvs, binding.KV{Key: a + ".rope.freq_base", Value: o.RoPEBase})
 	}
