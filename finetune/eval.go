@@ -37,7 +37,7 @@ func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (t
 	if err != nil {
 		return train.Evaluation{}, err
 	}
-	bs, err := batches(ds, Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches})
+	bs, err := batches(ds, Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches}, nil)
 	if err != nil {
 		return train.Evaluation{}, err
 	}
