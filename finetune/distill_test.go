@@ -1,6 +1,7 @@
 package finetune_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -9,7 +10,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/internal/ggufpatch"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -57,4 +61,113 @@ func TestDistillBeatsHardLabels(t *testing.T) {
 	hard, dist := run(0), run(0.5)
 	assert.Less(t, dist.Divergence, 0.85*hard.Divergence, "clearly closer to the teacher")
 	assert.LessOrEqual(t, dist.Loss, hard.Loss+0.01, "held-out loss no worse")
+}
+
+// sharperTeacher writes stories260K with its output norm doubled: a model
+// of the same vocabulary with other (sharper) predictions, made in
+// milliseconds.
+func sharperTeacher(t *testing.T) string {
+	t.Helper()
+	base := fixture.Path(t, "models/stories260K.gguf")
+	f, err := binding.OpenGGUF(base)
+	require.NoError(t, err)
+	defer f.Close()
+	path := filepath.Join(t.TempDir(), "teacher.gguf")
+	require.NoError(t, ggufpatch.Write(base, path, map[string]ggufpatch.Patch{"output_norm.weight": {Type: binding.TypeF32, Values: func() ([]float32, error) {
+		v, err := f.ReadTensorFloats("output_norm.weight")
+		for i := range v {
+			v[i] *= 2
+		}
+		return v, err
+	}}}, nil))
+	return path
+}
+
+// TestDistillTeacherCache checks the top-k cache: with k = V a cached run
+// trains like the teacher on the fly (up to the cache's 1/1024 log-prob
+// quantization), a second run reuses the files, and a cache of other
+// settings or a damaged one is refused.
+func TestDistillTeacherCache(t *testing.T) {
+	teacherPath := sharperTeacher(t)
+	proto := baseJob(t, "lora")
+	b, err := os.ReadFile(proto.Data)
+	require.NoError(t, err)
+	small, smallVal := filepath.Join(t.TempDir(), "small.txt"), filepath.Join(t.TempDir(), "val.txt")
+	require.NoError(t, os.WriteFile(small, b[:4000], 0o644))
+	require.NoError(t, os.WriteFile(smallVal, b[len(b)-2500:], 0o644))
+	job := func(cache string, temp float64) (finetune.Job, *bytes.Buffer) {
+		j := proto
+		j.Data, j.Val, j.Output = small, smallVal, filepath.Join(t.TempDir(), "out.gguf")
+		j.Train.Steps, j.MaxValBatches = 3, 0
+		var progress bytes.Buffer
+		j.Train.Progress = &progress
+		j.Distill = &finetune.Distillation{Teacher: teacherPath, CacheDir: cache, TopK: 512,
+			Loss: train.Distill{Alpha: 0.7, Temperature: temp, Divergence: train.JSD, Beta: 0.3}}
+		return j, &progress
+	}
+	onTheFly, _ := job("", 2)
+	ref, err := finetune.Run(context.Background(), onTheFly)
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	cached, progress := job(dir, 2)
+	rep, err := finetune.Run(context.Background(), cached)
+	require.NoError(t, err)
+	assert.Contains(t, progress.String(), "cached the teacher's top-512")
+	t.Logf("on the fly: loss %.4f, held-out divergence %.4f; cached: %.4f, %.4f", ref.Result.FirstLoss, ref.Result.EvalAfter.Divergence,
+		rep.Result.FirstLoss, rep.Result.EvalAfter.Divergence)
+	assert.InDelta(t, ref.Result.FirstLoss, rep.Result.FirstLoss, 2e-3)
+	assert.InDelta(t, ref.Result.EvalAfter.Divergence, rep.Result.EvalAfter.Divergence, 0.01*ref.Result.EvalAfter.Divergence)
+	assert.InDelta(t, ref.Result.EvalAfter.Loss, rep.Result.EvalAfter.Loss, 2e-3)
+	trainCache := filepath.Join(dir, "train.topk")
+	st, err := os.Stat(trainCache)
+	require.NoError(t, err)
+	t.Logf("cache %s: %d bytes", trainCache, st.Size())
+
+	again, progress := job(dir, 2)
+	_, err = finetune.Run(context.Background(), again)
+	require.NoError(t, err)
+	assert.NotContains(t, progress.String(), "cached the teacher", "the second run reuses the cache")
+
+	stale, _ := job(dir, 1)
+	_, err = finetune.Run(context.Background(), stale)
+	require.ErrorIs(t, err, finetune.ErrStaleCache)
+	assert.Contains(t, err.Error(), "temperature: cache 2, now 1")
+
+	b, err = os.ReadFile(trainCache)
+	require.NoError(t, err)
+	b[len(b)/2] ^= 1
+	require.NoError(t, os.WriteFile(trainCache, b, 0o644))
+	corrupt, _ := job(dir, 2)
+	_, err = finetune.Run(context.Background(), corrupt)
+	require.ErrorIs(t, err, finetune.ErrCorruptCache)
+	assert.Contains(t, err.Error(), trainCache)
+}
+
+// TestDistillVocabularyMismatch: a teacher of another vocabulary (another
+// size, or one token changed) is refused naming both files.
+func TestDistillVocabularyMismatch(t *testing.T) {
+	student := fixture.Path(t, "models/stories260K.gguf")
+	f, err := binding.OpenGGUF(student)
+	require.NoError(t, err)
+	v, _ := f.Get("tokenizer.ggml.tokens")
+	f.Close()
+	tokens := append([]string(nil), v.([]string)...)
+	tokens[100] = "<changed>"
+	changed := filepath.Join(t.TempDir(), "changed.gguf")
+	require.NoError(t, ggufpatch.Write(student, changed, nil, []binding.KV{{Key: "tokenizer.ggml.tokens", Value: tokens}}))
+	for _, c := range []struct{ teacher, want string }{
+		{fixture.Path(t, "models/llama-2-tiny-random.gguf"), "tokens"},
+		{changed, `token 100 is "<changed>"`},
+	} {
+		err := finetune.CheckVocab(c.teacher, student)
+		require.ErrorIs(t, err, finetune.ErrVocabMismatch)
+		assert.Contains(t, err.Error(), c.want)
+		assert.Contains(t, err.Error(), c.teacher)
+		assert.Contains(t, err.Error(), student)
+		j := baseJob(t, "lora")
+		j.Distill = &finetune.Distillation{Teacher: c.teacher, Loss: train.DefaultDistill()}
+		_, err = finetune.Run(context.Background(), j)
+		require.ErrorIs(t, err, finetune.ErrVocabMismatch)
+	}
 }
