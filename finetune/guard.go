@@ -39,8 +39,13 @@ func (j *Job) checkFiles(cfg train.Config) error {
 	if err := outguard.Creatable(outputs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrJob, err)
 	}
-	if _, err := outguard.RemoveStale(j.Output); err != nil {
-		return err
+	for _, o := range outputs {
+		if o.Flag != "-o" && o.Flag != "--teacher-cache" {
+			continue
+		}
+		if _, err := outguard.RemoveStale(o.Path); err != nil {
+			return err
+		}
 	}
 	return nil
 }
