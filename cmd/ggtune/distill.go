@@ -107,6 +107,9 @@ func newDistillMethodCmd(m method.Method) *cobra.Command {
 			if o.teacher == "" {
 				return fmt.Errorf("%w: --teacher T.gguf is required", errUsage)
 			}
+			if o.method != m.Name() {
+				return fmt.Errorf("%w: --method %s from --config: give --method on the command line (it decides the method flags)", errUsage, o.method)
+			}
 			div, err := train.ParseDivergence(o.divergence)
 			if err != nil {
 				return fmt.Errorf("%w: --divergence: %w", errUsage, err)
