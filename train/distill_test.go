@@ -41,6 +41,20 @@ func randomHead(t *testing.T, vocab, d int, seed uint64, trainable bool, be *bin
 	return m
 }
 
+// unplainTeacher wraps a head model so that its logits are no plain head
+// product (the engine then views the whole teacher logits chunk by chunk).
+type unplainTeacher struct{ *headModel }
+
+func (u unplainTeacher) BuildForward(ctx *binding.Context, b, t int, training bool) (train.Forward, error) {
+	f, err := u.headModel.BuildForward(ctx, b, t, training)
+	if err != nil {
+		return nil, err
+	}
+	bf := f.(*bigramForward)
+	bf.logits = ctx.Scale(bf.logits, 1)
+	return bf, ctx.Err()
+}
+
 // headLogits computes the model's logits for tokens in float64 Go.
 func headLogits(t *testing.T, m *headModel, tokens []int32) [][]float64 {
 	t.Helper()
@@ -109,14 +123,14 @@ func TestDistillEngine(t *testing.T) {
 		st    train.StepStats
 		ev    train.EvalResult
 	}
-	run := func(onTheFly bool, elems int64) outcome {
+	run := func(tch train.Builder, elems int64) outcome {
 		restore := train.SetChunkElems(elems)
 		defer restore()
 		m := randomHead(t, vocab, d, 5, true, be)
 		dc := train.Distill{Alpha: 0.6, Temperature: temp, Divergence: train.KL}
 		bt := batch
-		if onTheFly {
-			dc.Teacher = teacher
+		if tch != nil {
+			dc.Teacher = tch
 		} else {
 			dc.TopK, bt.Teacher = vocab, topk
 		}
@@ -154,17 +168,22 @@ func TestDistillEngine(t *testing.T) {
 		}
 		wantCE -= logSoftmax64(sl[i], 1)[tg]
 	}
-	ref := run(true, 1<<30)
+	ref := run(teacher, 1<<30)
 	assert.InDelta(t, wantKL, ref.ev.DivSum, 1e-4*wantKL)
 	assert.InDelta(t, wantCE, ref.ev.LossSum, 1e-4*wantCE, "evaluation reports the cross entropy")
 	assert.InDelta(t, (0.4*wantCE+0.6*temp*temp*wantKL)/float64(batch.LossTokens()), ref.st.Loss, 1e-4, "training reports the objective")
 	for _, c := range []struct {
-		name     string
-		onTheFly bool
-		elems    int64
-	}{{"on the fly, chunked", true, 16 * vocab / 2}, {"top-k", false, 1 << 30}, {"top-k, chunked", false, 16 * vocab / 2}} {
+		name    string
+		teacher train.Builder // nil: top-k
+		elems   int64
+	}{
+		{"on the fly, chunked", teacher, 16 * vocab / 2},
+		{"on the fly, not a plain head, chunked", unplainTeacher{teacher}, 16 * vocab / 2},
+		{"top-k", nil, 1 << 30},
+		{"top-k, chunked", nil, 16 * vocab / 2},
+	} {
 		t.Run(c.name, func(t *testing.T) {
-			got := run(c.onTheFly, c.elems)
+			got := run(c.teacher, c.elems)
 			assert.InDelta(t, ref.st.Loss, got.st.Loss, 1e-5)
 			assert.InDelta(t, ref.st.GradNorm, got.st.GradNorm, 1e-4*ref.st.GradNorm)
 			assert.InDelta(t, ref.ev.DivSum, got.ev.DivSum, 1e-4*ref.ev.DivSum)

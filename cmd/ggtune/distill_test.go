@@ -56,10 +56,13 @@ func TestDistillCLI(t *testing.T) {
 		assert.Contains(t, stdout, "--lora-alpha")
 		assert.Contains(t, stdout, "--teacher-cache")
 	})
+	cfg := filepath.Join(f.dir, "run.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("method: full\n"), 0o644))
 	for _, c := range []struct {
 		name, want string
 		args       []string
 	}{
+		{"method only in --config", "give --method on the command line", []string{"--teacher", f.model, "--config", cfg}},
 		{"no teacher", "--teacher T.gguf is required", nil},
 		{"bad divergence", "divergence", []string{"--teacher", f.model, "--divergence", "hellinger"}},
 		{"bad alpha", "--alpha 1.5", []string{"--teacher", f.model, "--alpha", "1.5"}},
