@@ -117,6 +117,15 @@ func (c *Context) fail(format string, args ...any) *Tensor {
 	return nil
 }
 
+// Fail records err as the context's sticky error unless it already has
+// one: graph builders above binding report their own invalid input the
+// way operations do.
+func (c *Context) Fail(err error) {
+	if c.err == nil && err != nil {
+		c.err = err
+	}
+}
+
 // reserve checks that the context has room for one more tensor with nbytes
 // of data, recording ErrOutOfMemory otherwise.
 func (c *Context) reserve(op string, nbytes int64) bool {

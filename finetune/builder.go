@@ -93,6 +93,7 @@ type loaderSource struct {
 	l        *data.Loader
 	perEpoch int // batches in one epoch
 	examples int // examples in one epoch
+	attach   func(*data.Batch, *train.Batch) error
 }
 
 // Next implements train.Source.
@@ -101,7 +102,13 @@ func (s *loaderSource) Next() (train.Batch, error) {
 	if err != nil {
 		return train.Batch{}, err
 	}
-	return toTrainBatch(b), nil
+	tb := toTrainBatch(b)
+	if s.attach != nil {
+		if err := s.attach(b, &tb); err != nil {
+			return train.Batch{}, err
+		}
+	}
+	return tb, nil
 }
 
 // Position implements train.Source.

@@ -24,6 +24,11 @@ type EvalOptions struct {
 // with hooks (adapters, soft prompts; nil for the bare model) on the data
 // file path, batched exactly as Run batches validation data.
 func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (train.Evaluation, error) {
+	return evaluate(m, hooks, path, o)
+}
+
+// evaluate is Evaluate with engine options (distillation).
+func evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions, opts ...train.Option) (train.Evaluation, error) {
 	if o.Context < 2 || o.Batch < 1 {
 		return train.Evaluation{}, fmt.Errorf("%w: context %d and batch %d (want >= 2 and >= 1)", ErrJob, o.Context, o.Batch)
 	}
@@ -31,7 +36,7 @@ func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (t
 	if err != nil {
 		return train.Evaluation{}, err
 	}
-	eng, err := train.NewEvalEngine(GraphBuilder(m, hooks, 0), m.Backend(), o.Batch, o.Context)
+	eng, err := train.NewEvalEngine(GraphBuilder(m, hooks, 0), m.Backend(), o.Batch, o.Context, opts...)
 	if err != nil {
 		return train.Evaluation{}, err
 	}
@@ -69,11 +74,29 @@ func ReadBatches(m *model.Model, path string, o EvalOptions, split float64, seed
 		}
 	}
 	j := Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches}
-	if rest, err = batches(ds, j); err != nil {
+	if rest, err = batches(ds, j, nil); err != nil {
 		return nil, nil, err
 	}
-	if held, err = batches(val, j); err != nil {
+	if held, err = batches(val, j, nil); err != nil {
 		return nil, nil, err
 	}
 	return rest, held, nil
+}
+
+// EvaluateDistillation is Evaluate that also measures the mean divergence
+// of m (with hooks) from d's teacher on the data file path, at d.Loss's
+// temperature and divergence (Evaluation.Divergence; the teacher runs on
+// the fly, its cache is not used).
+func EvaluateDistillation(m *model.Model, hooks []model.Hook, d *Distillation, path string, o EvalOptions) (train.Evaluation, error) {
+	if err := d.validate(); err != nil {
+		return train.Evaluation{}, err
+	}
+	t, err := openTeacher(d, m.Path(), m.Backend())
+	if err != nil {
+		return train.Evaluation{}, err
+	}
+	defer t.Close()
+	l := d.Loss
+	l.Teacher = GraphBuilder(t.m, t.hooks, 0)
+	return evaluate(m, hooks, path, o, train.WithDistill(l))
 }

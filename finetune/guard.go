@@ -24,14 +24,28 @@ var ErrSavedElsewhere = errors.New("the result was written elsewhere")
 func (j *Job) checkFiles(cfg train.Config) error {
 	inputs := []outguard.File{{Flag: "-m", Path: j.Model}, {Flag: "--data", Path: j.Data}, {Flag: "--val", Path: j.Val}, {Flag: "--init-from", Path: j.InitFrom}}
 	outputs := []outguard.File{{Flag: "-o", Path: j.Output}, {Flag: "checkpoint", Path: cfg.Checkpoint}, {Flag: "--metrics", Path: cfg.MetricsPath}, {Flag: "--plot", Path: cfg.PlotPath}}
+	if d := j.Distill; d != nil {
+		inputs = append(inputs, outguard.File{Flag: "--teacher", Path: d.Teacher})
+		for _, a := range d.TeacherAdapters {
+			inputs = append(inputs, outguard.File{Flag: "--teacher-adapter", Path: a.Path})
+		}
+		if d.CacheDir != "" {
+			outputs = append(outputs, outguard.File{Flag: "--teacher-cache", Path: d.cachePath("train")}, outguard.File{Flag: "--teacher-cache", Path: d.cachePath("val")})
+		}
+	}
 	if err := outguard.Distinct(inputs, outputs); err != nil {
 		return fmt.Errorf("%w: %w", ErrJob, err)
 	}
 	if err := outguard.Creatable(outputs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrJob, err)
 	}
-	if _, err := outguard.RemoveStale(j.Output); err != nil {
-		return err
+	for _, o := range outputs {
+		if o.Flag != "-o" && o.Flag != "--teacher-cache" {
+			continue
+		}
+		if _, err := outguard.RemoveStale(o.Path); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -77,6 +91,11 @@ func (j *Job) settings() (map[string]string, error) {
 			return nil, err
 		}
 		s[key] = fp
+	}
+	if j.Distill != nil {
+		if err := j.Distill.settings(s); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }

@@ -56,6 +56,9 @@ type Job struct {
 	// GradCheckpoint selects activation checkpointing (default: automatic).
 	GradCheckpoint GradCheckpoint
 	Train          train.Config
+	// Distill, if set, trains the method by distillation from a teacher
+	// model instead of on the labels alone.
+	Distill *Distillation
 }
 
 // GradCheckpoint selects activation checkpointing: the backward pass keeps
@@ -147,6 +150,9 @@ func (j *Job) validate() error {
 	if _, err := method.Get(j.Method); err != nil {
 		return fmt.Errorf("%w: %w", ErrJob, err)
 	}
+	if j.Distill != nil {
+		return j.Distill.validate()
+	}
 	return nil
 }
 
@@ -201,6 +207,11 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 			return nil, err
 		}
 	}
+	dist, err := prepareDistill(&j, m, ds, val)
+	if err != nil {
+		return nil, err
+	}
+	defer dist.Close()
 	inst, err := newInstance(j, meth, mcfg, m)
 	if err != nil {
 		return nil, err
@@ -211,19 +222,20 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 		return nil, err
 	}
 
-	src, err := newSource(ds, j)
+	src, err := newSource(ds, j, dist.attacher("train"))
 	if err != nil {
 		return nil, err
 	}
-	valBatches, err := batches(val, j)
+	valBatches, err := batches(val, j, dist.attacher("val"))
 	if err != nil {
 		return nil, err
 	}
-	eng, err := train.NewEngine(GraphBuilder(m, inst.Hooks(1), j.Seed, WithGradCheckpoint(j.checkpointing())), groups, m.Backend(), j.Batch, j.Context, j.Train.Optimizer)
+	eng, err := train.NewEngine(GraphBuilder(m, inst.Hooks(1), j.Seed, WithGradCheckpoint(j.checkpointing())), groups, m.Backend(), j.Batch, j.Context, j.Train.Optimizer, dist.options()...)
 	if err != nil {
 		return nil, err
 	}
 	defer eng.Close()
+	dist.report(j.Train.Progress, m, eng)
 	cfg := j.Train
 	res, err := train.Run(ctx, eng, src, valBatches, cfg)
 	rep := &Report{Result: res, Output: j.Output, Params: method.NumParams(groups), Examples: ds.Len(), ValBatches: len(valBatches)}
@@ -235,7 +247,8 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 }
 
 // newSource makes the endless, shuffled training stream.
-func newSource(ds *data.Dataset, j Job) (*loaderSource, error) {
+// attach, if set, completes every batch (the teacher's cached predictions).
+func newSource(ds *data.Dataset, j Job, attach func(*data.Batch, *train.Batch) error) (*loaderSource, error) {
 	cfg := data.LoaderConfig{Batch: j.Batch, Context: j.Context, Pack: j.Pack, Shuffle: true, Seed: j.Seed}
 	l, err := data.NewLoader(ds, cfg)
 	if err != nil {
@@ -246,11 +259,12 @@ func newSource(ds *data.Dataset, j Job) (*loaderSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &loaderSource{l: l, perEpoch: one.Steps(), examples: ds.Len()}, nil
+	return &loaderSource{l: l, perEpoch: one.Steps(), examples: ds.Len(), attach: attach}, nil
 }
 
-// batches returns one pass over a validation set (nil for none).
-func batches(ds *data.Dataset, j Job) ([]train.Batch, error) {
+// batches returns one pass over a validation set (nil for none), each
+// batch completed by attach if set.
+func batches(ds *data.Dataset, j Job, attach func(*data.Batch, *train.Batch) error) ([]train.Batch, error) {
 	if ds == nil {
 		return nil, nil
 	}
@@ -267,7 +281,13 @@ func batches(ds *data.Dataset, j Job) ([]train.Batch, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, toTrainBatch(b))
+		tb := toTrainBatch(b)
+		if attach != nil {
+			if err := attach(b, &tb); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, tb)
 	}
 	return out, nil
 }

@@ -67,6 +67,9 @@ type Batch struct {
 	Tokens   []int32
 	Targets  []int32
 	Segments []int32
+	// Teacher is the teacher's top-k prediction at every position, for an
+	// engine distilling from precomputed predictions (Distill.TopK).
+	Teacher *TeacherTopK
 }
 
 // Validate checks the batch's sizes and target range.
@@ -183,6 +186,8 @@ type Engine struct {
 	factor   *binding.Tensor   // clip / loss tokens
 	paramSq  []*binding.Tensor // ‖p‖² after the update, per parameter
 
+	distill *Distill // nil: plain cross entropy
+
 	step        int
 	accumulated int     // micro batches since the last step
 	lossSum     float64 // summed loss since the last step
@@ -196,6 +201,8 @@ type lossInputs struct {
 	targets *binding.Tensor // I32 [B*T], -1 where no loss is taken
 	lossSum *binding.Tensor // Σ loss over the loss tokens
 	correct *binding.Tensor // loss tokens whose argmax is the target
+	divSum  *binding.Tensor // Σ divergence from the teacher (distillation)
+	distill *distillInputs  // the teacher's side (distillation)
 	// loss is what the backward pass differentiates (training graphs):
 	// Σ logits ⊙ stopgrad(∂lossSum/∂logits), whose gradient is that of lossSum.
 	loss *binding.Tensor
@@ -250,11 +257,16 @@ func graphSizes(builder Builder) (eval, training int) {
 
 // NewEngine builds the training, evaluation and optimizer graphs for b×t
 // batches of the model described by builder, training the tensors of groups.
-func NewEngine(builder Builder, groups []Group, backend *binding.Backend, b, t int, opt AdamW) (*Engine, error) {
+// Options change the objective (WithDistill).
+func NewEngine(builder Builder, groups []Group, backend *binding.Backend, b, t int, opt AdamW, opts ...Option) (*Engine, error) {
 	if b <= 0 || t <= 0 {
 		return nil, fmt.Errorf("new engine: batch %dx%d", b, t)
 	}
 	e := &Engine{b: b, t: t, vocab: builder.VocabSize(), backend: backend, groups: groups, opt: opt}
+	builder, err := e.applyOptions(builder, opts)
+	if err != nil {
+		return nil, fmt.Errorf("new engine: %w", err)
+	}
 	seen := map[*binding.Tensor]bool{}
 	for gi, g := range groups {
 		if g.LRScale < 0 || math.IsNaN(g.LRScale) || math.IsInf(g.LRScale, 0) {
@@ -338,6 +350,12 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 		return in
 	}
 	in.targets.SetName("targets").SetInput()
+	if e.distill != nil {
+		if err := e.buildTeacher(ctx, &in); err != nil {
+			ctx.Fail(err)
+			return in
+		}
+	}
 	chunk := n
 	w, h := plainHead(fwd.Logits())
 	if w != nil && h.Dim(1) == n && int64(e.vocab)*n > 2*chunkElems {
@@ -345,12 +363,16 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 	}
 	if chunk >= n {
 		logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
-		ce := ctx.SparseCrossEntropy(logits, in.targets)
-		in.lossSum = ctx.Sum(ce.Loss)
-		in.correct = ctx.Sum(ce.Correct)
+		ce := e.lossChunk(ctx, &in, logits, 0, n, training)
+		in.lossSum = ctx.Sum(ce.loss)
+		in.correct = ctx.Sum(ce.correct)
 		in.order = []*binding.Tensor{in.lossSum, in.correct}
+		if ce.div != nil {
+			in.divSum = ctx.Sum(ce.div)
+			in.order = append(in.order, in.divSum)
+		}
 		if training {
-			in.loss = ctx.Sum(ctx.Mul(logits, ce.Grad))
+			in.loss = ctx.Sum(ctx.Mul(logits, ce.grad))
 			in.order = append(in.order, in.loss)
 		}
 		in.chunks = 1
@@ -365,14 +387,17 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 			m := min(chunk, n-c0)
 			in.chunks++
 			hc := ctx.View(h, []int64{h.Dim(0), m}, []int64{h.Stride(1)}, c0*h.Stride(1))
-			tc := ctx.View(in.targets, []int64{m}, nil, c0*4)
-			ce := ctx.SparseCrossEntropy(ctx.MulMat(w, hc), tc)
-			in.lossSum = add(in.lossSum, ctx.Sum(ce.Loss))
-			in.correct = add(in.correct, ctx.Sum(ce.Correct))
+			ce := e.lossChunk(ctx, &in, ctx.MulMat(w, hc), c0, m, training)
+			in.lossSum = add(in.lossSum, ctx.Sum(ce.loss))
+			in.correct = add(in.correct, ctx.Sum(ce.correct))
 			in.order = append(in.order, in.lossSum, in.correct)
+			if ce.div != nil {
+				in.divSum = add(in.divSum, ctx.Sum(ce.div))
+				in.order = append(in.order, in.divSum)
+			}
 			if training {
 				// ∂loss/∂h of the chunk, from operands that need no gradient
-				dh := ctx.OutProd(w, ctx.Transpose(ctx.Cont(ce.Grad)))
+				dh := ctx.OutProd(w, ctx.Transpose(ctx.Cont(ce.grad)))
 				in.loss = add(in.loss, ctx.Sum(ctx.Mul(hc, dh)))
 				in.order = append(in.order, in.loss)
 			}
@@ -383,6 +408,9 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 	}
 	in.lossSum.SetName("loss_sum").SetOutput()
 	in.correct.SetName("correct").SetOutput()
+	if in.divSum != nil {
+		in.divSum.SetName("divergence_sum").SetOutput()
+	}
 	if in.loss != nil {
 		in.loss.SetName("loss").SetOutput()
 	}
@@ -555,6 +583,11 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 	if err := in.targets.SetInts(batch.Targets); err != nil {
 		return 0, err
 	}
+	if in.distill != nil {
+		if err := e.setTeacher(in.distill, batch, segs); err != nil {
+			return 0, err
+		}
+	}
 	return ntok, nil
 }
 
@@ -665,6 +698,9 @@ type EvalResult struct {
 	LossSum float64 // summed over loss tokens
 	Tokens  int     // loss tokens
 	Correct int     // loss tokens whose argmax logit is the target
+	// DivSum is the divergence from the teacher summed over loss tokens
+	// (distillation engines only).
+	DivSum float64
 }
 
 // Eval computes the loss and token accuracy of a batch without changing
@@ -686,6 +722,13 @@ func (e *Engine) Eval(batch Batch) (EvalResult, error) {
 		return EvalResult{}, fmt.Errorf("eval: %w", err)
 	}
 	res := EvalResult{LossSum: float64(lv[0]), Tokens: ntok, Correct: int(cv[0] + 0.5)}
+	if e.evalIn.divSum != nil {
+		dv, err := e.evalIn.divSum.Floats()
+		if err != nil {
+			return EvalResult{}, fmt.Errorf("eval: %w", err)
+		}
+		res.DivSum = float64(dv[0])
+	}
 	return res, nil
 }
 

@@ -93,6 +93,9 @@ type Evaluation struct {
 	Perplexity float64 `json:"perplexity"`
 	Accuracy   float64 `json:"accuracy"`
 	Tokens     int     `json:"tokens"`
+	// Divergence is the mean divergence from the teacher per token, at the
+	// distillation temperature (distillation engines only).
+	Divergence float64 `json:"divergence,omitempty"`
 }
 
 // ErrInterrupted reports a run stopped by its context (a checkpoint was
@@ -102,7 +105,7 @@ var ErrInterrupted = errors.New("training interrupted")
 // Evaluate runs the engine over batches and aggregates loss, perplexity
 // and token accuracy.
 func Evaluate(e *Engine, batches []Batch) (Evaluation, error) {
-	var sum float64
+	var sum, div float64
 	var tokens, correct int
 	for _, b := range batches {
 		r, err := e.Eval(b)
@@ -113,6 +116,7 @@ func Evaluate(e *Engine, batches []Batch) (Evaluation, error) {
 			return Evaluation{}, err
 		}
 		sum += r.LossSum
+		div += r.DivSum
 		tokens += r.Tokens
 		correct += r.Correct
 	}
@@ -123,7 +127,11 @@ func Evaluate(e *Engine, batches []Batch) (Evaluation, error) {
 	if !finite(loss) {
 		return Evaluation{}, fmt.Errorf("evaluate: %w: loss is %v over %d tokens", ErrDiverged, loss, tokens)
 	}
-	return Evaluation{Loss: loss, Perplexity: math.Exp(loss), Accuracy: float64(correct) / float64(tokens), Tokens: tokens}, nil
+	ev := Evaluation{Loss: loss, Perplexity: math.Exp(loss), Accuracy: float64(correct) / float64(tokens), Tokens: tokens}
+	if e.distill != nil {
+		ev.Divergence = div / float64(tokens)
+	}
+	return ev, nil
 }
 
 // TotalSteps returns the number of optimizer steps cfg asks for.

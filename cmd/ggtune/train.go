@@ -94,7 +94,18 @@ type trainOpts struct {
 
 // newTrainMethodCmd builds `ggtune train METHOD` for one method, with the
 // shared training flags and the method's own.
-func newTrainMethodCmd(m method.Method) *cobra.Command {
+func newTrainMethodCmd(m method.Method) *cobra.Command { return newJobCmd(m, jobExtension{}) }
+
+// jobExtension lets a command built on the training flags (distill) add
+// its own flags and complete the job they describe.
+type jobExtension struct {
+	flags func(*pflag.FlagSet)
+	job   func(*cobra.Command, *finetune.Job) error
+}
+
+// newJobCmd builds the command of one method with the shared training
+// flags, the method's own and ext's.
+func newJobCmd(m method.Method, ext jobExtension) *cobra.Command {
 	var o trainOpts
 	mi := m.Info()
 	mcfg := m.NewConfig()
@@ -152,7 +163,10 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 	f.IntVar(&o.maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	f.IntVar(&o.stride, "stride", 0, "plain text: tokens between window starts (0: the window length, no overlap)")
 
-	mcfg.AddFlags(f)
+	if ext.flags != nil {
+		ext.flags(f)
+	}
+	addMethodFlags(f, m, mcfg)
 	if len(m.AdapterTypes()) > 0 {
 		f.StringVar(&o.initFrom, "init-from", "", "continue training this "+m.Name()+" adapter GGUF (its settings replace the method flags)")
 	}
@@ -182,6 +196,9 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 		}
 		explicit := func(name string) bool { return cmd.Flags().Changed(name) || fromConfig[name] }
 		job, err := buildJob(m, mcfg, &o, explicit)
+		if err == nil && ext.job != nil {
+			err = ext.job(cmd, &job)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
 		}
@@ -195,6 +212,23 @@ func newTrainMethodCmd(m method.Method) *cobra.Command {
 		return runTrain(cmd, mi, job, o.asJSON)
 	}
 	return cmd
+}
+
+// addMethodFlags adds the method's flags to f; one whose name ext already
+// took (LoRA's --alpha under distill) is added as METHOD-NAME (--lora-alpha).
+func addMethodFlags(f *pflag.FlagSet, m method.Method, mcfg method.Config) {
+	tmp := pflag.NewFlagSet(m.Name(), pflag.ContinueOnError)
+	mcfg.AddFlags(tmp)
+	tmp.VisitAll(func(fl *pflag.Flag) {
+		if f.Lookup(fl.Name) == nil {
+			f.AddFlag(fl)
+			return
+		}
+		c := *fl
+		c.Name, c.Shorthand = m.Name()+"-"+fl.Name, ""
+		c.Usage += " (--" + fl.Name + " of ggtune train " + m.Name() + ")"
+		f.AddFlag(&c)
+	})
 }
 
 // sidePath returns the default path of a file written beside the output:
@@ -405,6 +439,9 @@ func printSummary(w io.Writer, s trainSummary, mi method.Info) {
 		fmt.Fprintf(w, "held-out loss        %.4f -> %.4f\n", b.Loss, a.Loss)
 		fmt.Fprintf(w, "held-out perplexity  %.3f -> %.3f\n", b.Perplexity, a.Perplexity)
 		fmt.Fprintf(w, "held-out accuracy    %.2f%% -> %.2f%%  (%d tokens)\n", 100*b.Accuracy, 100*a.Accuracy, a.Tokens)
+		if a.Divergence > 0 {
+			fmt.Fprintf(w, "held-out divergence  %.4f -> %.4f  (from the teacher, per token)\n", b.Divergence, a.Divergence)
+		}
 	}
 	if s.Steps > s.ResumedFrom {
 		fmt.Fprintf(w, "training loss        %.4f -> %.4f (first and last step)\n", s.TrainLossFirst, s.TrainLossLast)
