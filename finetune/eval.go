@@ -2,6 +2,7 @@ package finetune
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/model"
@@ -18,6 +19,9 @@ type EvalOptions struct {
 	// DataOptions configure reading the file (Context and Templater are
 	// filled in).
 	DataOptions data.Options
+	// Log, if set, receives the data set's summary line (records,
+	// examples, drops by reason).
+	Log io.Writer
 }
 
 // Evaluate computes the held-out loss, perplexity and token accuracy of m
@@ -37,6 +41,7 @@ func Evaluate(m *model.Model, hooks []model.Hook, path string, o EvalOptions) (t
 	if err != nil {
 		return train.Evaluation{}, err
 	}
+	logData(o.Log, ds)
 	bs, err := batches(ds, Job{Context: o.Context, Batch: o.Batch, Pack: o.Pack, MaxValBatches: o.MaxBatches})
 	if err != nil {
 		return train.Evaluation{}, err
