@@ -121,7 +121,13 @@ func newImportPEFTCmd() *cobra.Command {
 			if err := inst.Save(out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "imported %s (%s) to %s\n", args[0], m.Name(), out)
+			// The file's adapter.type, not the importer: a LORA with use_dora
+			// is a dora adapter.
+			typ, err := method.AdapterType(out)
+			if err != nil {
+				return fmt.Errorf("import-peft: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "imported %s (%s, read by %s) to %s\n", args[0], typ, m.Name(), out)
 			return nil
 		},
 	}
