@@ -47,6 +47,7 @@ fuzz: deps
 	$(GO) test -run XXX -fuzz '^FuzzOpenGGUF$$' -fuzztime $(FUZZTIME) -parallel 2 ./binding
 	$(GO) test -run XXX -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) -parallel 2 ./data
 	$(GO) test -run XXX -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) -parallel 2 ./safetensors
+	$(GO) test -run XXX -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) -parallel 2 ./method
 
 bench: bin/ggtune
 	./bin/ggtune bench

@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -210,7 +211,7 @@ func (s *ggufScanner) validate() error {
 			alignment = int64(a)
 			continue
 		}
-		info, strs, err := s.value(typ, key == "tokenizer.ggml.tokens" || key == "general.architecture" || strings.HasSuffix(key, ".rope.scaling.type"))
+		info, strs, err := s.value(typ, key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.model" || key == "general.architecture" || strings.HasSuffix(key, ".rope.scaling.type"))
 		if err != nil {
 			return fmt.Errorf("metadata key %q: %w", key, err)
 		}
@@ -441,6 +442,9 @@ func checkLlamaKeys(kinds map[string]kvInfo, tokens []string) error {
 	if err := checkHparams(kinds); err != nil {
 		return err
 	}
+	if err := checkTokenizerKeys(kinds); err != nil {
+		return err
+	}
 	n := uint64(len(tokens))
 	if n > math.MaxInt32 {
 		return fmt.Errorf("%d tokens", n)
@@ -464,6 +468,58 @@ func checkLlamaKeys(kinds map[string]kvInfo, tokens []string) error {
 			return fmt.Errorf("tokens %d and %d are both %q", j, i, tok)
 		}
 		seen[tok] = i
+	}
+	return nil
+}
+
+// tokenizerModels are the tokenizer.ggml.model values libllama knows.
+var tokenizerModels = []string{"no_vocab", "none", "llama", "bert", "gpt2", "t5", "rwkv", "plamo2"}
+
+// checkTokenizerKeys checks the tokenizer.ggml.* scalars libllama's
+// vocabulary loader reads: a wrong type or an unknown tokenizer model there
+// is an exception that only says "libllama failed", so the key is named
+// here instead. Token ids are u32, flags bool, names strings; a gpt2
+// tokenizer needs its merges and every tokenizer but no_vocab its tokens.
+func checkTokenizerKeys(kinds map[string]kvInfo) error {
+	names := map[uint32]string{kvU8: "u8", kvI8: "i8", kvU16: "u16", kvI16: "i16", kvU32: "u32", kvI32: "i32", kvF32: "f32",
+		kvBool: "bool", kvString: "string", kvArray: "array", kvU64: "u64", kvI64: "i64", kvF64: "f64"}
+	want := func(key string, typ uint32) error {
+		if info, ok := kinds[key]; ok && info.typ != typ {
+			return fmt.Errorf("metadata key %s has type %s, want %s (libllama cannot read it)", key, names[info.typ], names[typ])
+		}
+		return nil
+	}
+	for _, key := range []string{"model", "pre"} {
+		if err := want("tokenizer.ggml."+key, kvString); err != nil {
+			return err
+		}
+	}
+	for _, key := range []string{"add_bos_token", "add_eos_token", "add_sep_token", "add_space_prefix", "remove_extra_whitespaces"} {
+		if err := want("tokenizer.ggml."+key, kvBool); err != nil {
+			return err
+		}
+	}
+	for _, key := range []string{"bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "cls", "mask", "prefix", "suffix", "middle",
+		"fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep"} {
+		if err := want("tokenizer.ggml."+key+"_token_id", kvU32); err != nil {
+			return err
+		}
+	}
+	if err := want("tokenizer.ggml.token_type_count", kvU32); err != nil {
+		return err
+	}
+	info, ok := kinds["tokenizer.ggml.model"]
+	if !ok {
+		return nil
+	}
+	if !slices.Contains(tokenizerModels, info.str) {
+		return fmt.Errorf("metadata key tokenizer.ggml.model is %q, want one of %s", info.str, strings.Join(tokenizerModels, ", "))
+	}
+	if _, ok := kinds["tokenizer.ggml.tokens"]; !ok && info.str != "no_vocab" && info.str != "none" {
+		return fmt.Errorf("tokenizer.ggml.model %q without tokenizer.ggml.tokens", info.str)
+	}
+	if _, ok := kinds["tokenizer.ggml.merges"]; !ok && info.str == "gpt2" {
+		return fmt.Errorf("tokenizer.ggml.model \"gpt2\" without tokenizer.ggml.merges")
 	}
 	return nil
 }

@@ -31,7 +31,6 @@ func setLeakFinalizer[T any](obj *T, closeFn func(*T)) {
 		where = string(debug.Stack())
 	}
 	runtime.SetFinalizer(obj, func(o *T) {
-		leaks.Add(1)
 		logMu.Lock()
 		l := logger
 		logMu.Unlock()
@@ -40,5 +39,7 @@ func setLeakFinalizer[T any](obj *T, closeFn func(*T)) {
 		}
 		l.Debug("ggtune: unclosed object freed by its finalizer; call Close", "type", fmt.Sprintf("%T", o), "created", where)
 		closeFn(o)
+		// Counted last: whoever sees the count has the log line.
+		leaks.Add(1)
 	})
 }

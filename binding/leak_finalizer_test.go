@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,10 +14,29 @@ import (
 	"github.com/ggtune/ggtune/binding"
 )
 
+// lockedBuffer is a bytes.Buffer that finalizers (on their own goroutine)
+// and the test may use at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // TestFinalizerLogsLeak: finalizers closed forgotten objects silently,
 // hiding the leak; now each is counted and logged at debug level.
 func TestFinalizerLogsLeak(t *testing.T) {
-	var buf bytes.Buffer
+	var buf lockedBuffer
 	binding.SetLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	defer binding.SetLogger(nil)
 	before := binding.Leaks()

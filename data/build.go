@@ -2,8 +2,10 @@ package data
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"sort"
 	"strings"
 )
 
@@ -34,6 +36,27 @@ func (e *Example) Targets() int {
 	return n
 }
 
+// DropReason says why a record or example is not trained on.
+type DropReason string
+
+// The reasons, as printed in [Stats.DropSummary].
+const (
+	// DropMalformed is a malformed record skipped with Options.SkipBad.
+	DropMalformed DropReason = "malformed, skipped (--skip-bad)"
+	// DropUnknownRole is a chat record with a role other than system,
+	// user, assistant and tool.
+	DropUnknownRole DropReason = "unknown chat role"
+	// DropNoAssistant is a chat record without an assistant turn (nothing
+	// to train unless Options.TrainOnPrompt).
+	DropNoAssistant DropReason = "no assistant turn"
+	// DropTooLong is an example whose targets all lie past the context
+	// length (a prompt longer than --ctx).
+	DropTooLong DropReason = "prompt longer than the context (--ctx)"
+	// DropNoTarget is an example without any target token (for example a
+	// single-token text).
+	DropNoTarget DropReason = "no target token"
+)
+
 // Stats counts what reading and tokenizing did.
 type Stats struct {
 	// Records is the number of usable records read.
@@ -46,13 +69,71 @@ type Stats struct {
 	Examples int
 	// Truncated is the number of examples cut to the context length.
 	Truncated int
-	// Dropped is the number of examples with no target token left (for
-	// example a prompt longer than the context), which are not kept.
+	// Dropped is the number of records and examples not kept for any
+	// reason but DropMalformed (those are Skipped).
 	Dropped int
+	// Drops counts every record or example not kept by reason (malformed
+	// skips included); nil when none was.
+	Drops map[DropReason]int
+	// FirstDrop locates the first drop of each reason (file:line).
+	FirstDrop map[DropReason]string
 	// Tokens is the total number of tokens in the kept examples.
 	Tokens int
 	// Targets is the total number of target tokens in the kept examples.
 	Targets int
+}
+
+// drop counts one record or example not kept for reason, at file:line.
+func (s *Stats) drop(reason DropReason, file string, line int) {
+	if s.Drops == nil {
+		s.Drops, s.FirstDrop = map[DropReason]int{}, map[DropReason]string{}
+	}
+	if s.Drops[reason] == 0 {
+		s.FirstDrop[reason] = fmt.Sprintf("%s:%d", file, line)
+	}
+	s.Drops[reason]++
+	if reason != DropMalformed {
+		s.Dropped++
+	}
+}
+
+// DropSummary describes the drops, e.g. "dropped 3: 2 unknown chat role
+// (first at a.jsonl:4), 1 no assistant turn (first at a.jsonl:9)", or ""
+// when nothing was dropped.
+func (s Stats) DropSummary() string {
+	if len(s.Drops) == 0 {
+		return ""
+	}
+	reasons := make([]DropReason, 0, len(s.Drops))
+	total := 0
+	for r, n := range s.Drops {
+		reasons = append(reasons, r)
+		total += n
+	}
+	sort.Slice(reasons, func(i, j int) bool {
+		if s.Drops[reasons[i]] != s.Drops[reasons[j]] {
+			return s.Drops[reasons[i]] > s.Drops[reasons[j]]
+		}
+		return reasons[i] < reasons[j]
+	})
+	parts := make([]string, len(reasons))
+	for i, r := range reasons {
+		parts[i] = fmt.Sprintf("%d %s (first at %s)", s.Drops[r], r, s.FirstDrop[r])
+	}
+	return fmt.Sprintf("dropped %d: %s", total, strings.Join(parts, ", "))
+}
+
+// Summary is one line about the data set for logs: records, examples,
+// tokens, truncations and drops.
+func (d *Dataset) Summary() string {
+	s := fmt.Sprintf("data %s: %d records -> %d examples, %d tokens (%d targets)", d.Name, d.Stats.Records, d.Stats.Examples, d.Stats.Tokens, d.Stats.Targets)
+	if d.Stats.Truncated > 0 {
+		s += fmt.Sprintf(", %d truncated to %d tokens", d.Stats.Truncated, d.Context)
+	}
+	if ds := d.Stats.DropSummary(); ds != "" {
+		s += "; " + ds
+	}
+	return s
 }
 
 // Dataset is a tokenized data set ready for a [Loader].
@@ -98,8 +179,9 @@ func Build(rs *RecordSet, tok Tokenizer, opts Options) (*Dataset, error) {
 	}
 	b := &builder{tok: tok, opts: opts, bos: tok.BOS(), eos: tok.EOS()}
 	b.addBOS = tok.AddBOS() && b.bos >= 0
-	ds := &Dataset{Name: rs.Name, Format: rs.Format, Context: opts.Context,
-		Stats: Stats{Records: len(rs.Records), Skipped: rs.Stats.Skipped, SkipErrors: rs.Stats.SkipErrors}}
+	ds := &Dataset{Name: rs.Name, Format: rs.Format, Context: opts.Context, Stats: rs.Stats}
+	ds.Stats.Records = len(rs.Records)
+	ds.Stats.Drops, ds.Stats.FirstDrop = maps.Clone(rs.Stats.Drops), maps.Clone(rs.Stats.FirstDrop)
 	if b.eos >= 0 {
 		ds.Pad = b.eos
 	}
@@ -117,7 +199,12 @@ func Build(rs *RecordSet, tok Tokenizer, opts Options) (*Dataset, error) {
 		case FormatCompletion:
 			exs, err = b.completion(rec)
 		case FormatChat:
-			exs, err = b.chat(rec)
+			var reason DropReason
+			exs, reason, err = b.chat(rec)
+			if reason != "" {
+				ds.Stats.drop(reason, rec.File, rec.Line)
+				continue
+			}
 		default:
 			err = fmt.Errorf("%w: record kind %q", ErrFormat, rec.Kind)
 		}
@@ -129,21 +216,25 @@ func Build(rs *RecordSet, tok Tokenizer, opts Options) (*Dataset, error) {
 		}
 	}
 	if len(ds.Examples) == 0 {
-		return nil, fmt.Errorf("build %s: %w (%d records, %d dropped without targets, %d malformed skipped)",
-			rs.Name, ErrNoExamples, len(rs.Records), ds.Stats.Dropped, ds.Stats.Skipped)
+		return nil, fmt.Errorf("build %s: %w: nothing trainable in %d records; %s", rs.Name, ErrNoExamples, len(rs.Records), ds.Stats.DropSummary())
 	}
 	return ds, nil
 }
 
 // add truncates ex to the context, drops it if it has no target, and counts it.
 func (d *Dataset) add(ex Example) {
+	truncated := d.Stats.Truncated
 	if len(ex.Tokens) > d.Context {
 		ex.Tokens, ex.Target = ex.Tokens[:d.Context:d.Context], ex.Target[:d.Context:d.Context]
 		d.Stats.Truncated++
 	}
 	n := ex.Targets()
 	if n == 0 {
-		d.Stats.Dropped++
+		reason := DropNoTarget
+		if d.Stats.Truncated > truncated {
+			reason = DropTooLong
+		}
+		d.Stats.drop(reason, ex.File, ex.Line)
 		return
 	}
 	d.Examples = append(d.Examples, ex)
@@ -335,7 +426,27 @@ func (b *builder) render(msgs []ChatMessage, addAssistant bool) (string, error) 
 	return s, nil
 }
 
-func (b *builder) chat(rec *Record) ([]Example, error) {
+// chat tokenizes a conversation, or returns why the record is dropped.
+func (b *builder) chat(rec *Record) ([]Example, DropReason, error) {
+	msgs := rec.Messages
+	assistant := false
+	for _, m := range msgs {
+		switch m.Role {
+		case RoleSystem, RoleUser, RoleTool:
+		case RoleAssistant:
+			assistant = true
+		default:
+			return nil, DropUnknownRole, nil
+		}
+	}
+	if !assistant && !b.opts.TrainOnPrompt {
+		return nil, DropNoAssistant, nil
+	}
+	exs, err := b.chatExample(rec)
+	return exs, "", err
+}
+
+func (b *builder) chatExample(rec *Record) ([]Example, error) {
 	msgs := rec.Messages
 	full, err := b.render(msgs, false)
 	if err != nil {

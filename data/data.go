@@ -72,11 +72,17 @@ type Tokenizer interface {
 	ChatTemplate() string
 }
 
-// Chat roles with a meaning to the package; other roles are passed to the
-// template as they are.
+// Chat roles. A record with any other role is dropped ([DropUnknownRole]):
+// chat templates render unknown roles differently or not at all.
 const (
+	// RoleSystem is the system prompt.
+	RoleSystem = "system"
+	// RoleUser is the user's turn.
+	RoleUser = "user"
 	// RoleAssistant marks the turns that are trained in chat examples.
 	RoleAssistant = "assistant"
+	// RoleTool is a tool's answer.
+	RoleTool = "tool"
 )
 
 // ChatMessage is one turn of a conversation. It has the same fields as

@@ -153,7 +153,7 @@ func Read(r io.Reader, name string, opts Options) (*RecordSet, error) {
 	}
 	p.rs.Stats.Records = len(p.rs.Records)
 	if len(p.rs.Records) == 0 {
-		return nil, fmt.Errorf("read %s: %w (%d malformed records skipped)", name, ErrNoExamples, p.rs.Stats.Skipped)
+		return nil, fmt.Errorf("read %s: %w (%d malformed records skipped%s)", name, ErrNoExamples, p.rs.Stats.Skipped, firstSkip(p.rs.Stats))
 	}
 	return p.rs, nil
 }
@@ -236,6 +236,7 @@ func (p *parser) bad(err *RecordError) error {
 		return err
 	}
 	p.rs.Stats.Skipped++
+	p.rs.Stats.drop(DropMalformed, err.File, err.Line)
 	if len(p.rs.Stats.SkipErrors) < maxSkipErrors {
 		p.rs.Stats.SkipErrors = append(p.rs.Stats.SkipErrors, err)
 	}
@@ -611,4 +612,13 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 		return n, fmt.Errorf("%w: more than %d bytes (raise the limit with --max-data-bytes)", ErrTooLarge, b.limit)
 	}
 	return n, err
+}
+
+// firstSkip is ", the first: ERROR" for a read that skipped malformed
+// records, or "".
+func firstSkip(s Stats) string {
+	if len(s.SkipErrors) == 0 {
+		return ""
+	}
+	return ", the first: " + s.SkipErrors[0].Error()
 }

@@ -2,6 +2,7 @@ package finetune
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/model"
@@ -18,6 +19,9 @@ type EvalOptions struct {
 	// DataOptions configure reading the file (Context and Templater are
 	// filled in).
 	DataOptions data.Options
+	// Log, if set, receives the data set's summary line (records,
+	// examples, drops by reason).
+	Log io.Writer
 }
 
 // Evaluate computes the held-out loss, perplexity and token accuracy of m
@@ -67,6 +71,7 @@ func ReadBatches(m *model.Model, path string, o EvalOptions, split float64, seed
 	if err != nil {
 		return nil, nil, err
 	}
+	logData(o.Log, ds)
 	var val *data.Dataset
 	if split > 0 {
 		if ds, val, err = ds.Split(split, seed); err != nil {

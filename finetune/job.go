@@ -196,12 +196,14 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	logData(j.Train.Progress, ds)
 	var val *data.Dataset
 	switch {
 	case j.Val != "":
 		if val, err = data.Load(j.Val, tokenizer{tok}, opts); err != nil {
 			return nil, err
 		}
+		logData(j.Train.Progress, val)
 	case j.ValSplit > 0:
 		if ds, val, err = ds.Split(j.ValSplit, j.Seed); err != nil {
 			return nil, err
@@ -244,6 +246,14 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	}
 	rep.Output, err = saveResult(inst.Save, j.Output, cfg.Checkpoint)
 	return rep, err
+}
+
+// logData prints the data set's summary line (records, examples, drops by
+// reason) to w, if any.
+func logData(w io.Writer, ds *data.Dataset) {
+	if w != nil {
+		fmt.Fprintln(w, ds.Summary())
+	}
 }
 
 // newSource makes the endless, shuffled training stream.

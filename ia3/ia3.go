@@ -113,8 +113,11 @@ type Adapter struct {
 	// vecs[site][layer] is the vector of a site in a block.
 	vecs  map[model.ScaleSite][]*binding.Tensor
 	kNorm bool // the base normalises keys after the projection (qwen3)
-	ctx   *binding.Context
-	buf   *binding.Buffer
+	// base is the base model's header (owned by the caller) that PEFT
+	// export reads the layout from.
+	base *binding.GGUFFile
+	ctx  *binding.Context
+	buf  *binding.Buffer
 	// Meta holds extra metadata saved with the adapter.
 	Meta map[string]any
 }
@@ -139,7 +142,7 @@ func alloc(cfg Config, mc model.Config, base *binding.GGUFFile, backend *binding
 	if err != nil {
 		return nil, fmt.Errorf("new ia3: %w", err)
 	}
-	a := &Adapter{cfg: cfg, arch: mc.Arch, vecs: map[model.ScaleSite][]*binding.Tensor{}, ctx: ctx, Meta: map[string]any{}}
+	a := &Adapter{cfg: cfg, arch: mc.Arch, vecs: map[model.ScaleSite][]*binding.Tensor{}, base: base, ctx: ctx, Meta: map[string]any{}}
 	_, a.kNorm = base.TensorInfo("blk.0.attn_k_norm.weight")
 	for _, s := range cfg.Sites {
 		for l := 0; l < mc.NLayer; l++ {

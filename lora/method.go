@@ -69,8 +69,9 @@ func (loraMethod) Load(path string, env *method.Env) (method.Instance, error) {
 	return instance{a.withMeta(env.Meta), env.Base}, nil
 }
 
-// PEFTTypes implements method.PEFTImporter: plain LoRA reads PEFT's LORA
-// directories (DoRA's are refused by ImportPEFT for now).
+// PEFTTypes implements method.PEFTImporter: "lora" reads PEFT's LORA
+// directories, DoRA (use_dora) included; the imported instance is then a
+// DoRA adapter.
 func (l loraMethod) PEFTTypes() []string {
 	if l.dora {
 		return nil

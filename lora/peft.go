@@ -2,7 +2,6 @@ package lora
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -12,19 +11,22 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/atomicfile"
+	"github.com/ggtune/ggtune/internal/hfpeft"
 	"github.com/ggtune/ggtune/safetensors"
 )
 
 // PEFT's file names in an adapter directory.
 const (
-	PEFTConfigFile  = "adapter_config.json"
-	PEFTWeightsFile = "adapter_model.safetensors"
+	PEFTConfigFile  = hfpeft.ConfigFile
+	PEFTWeightsFile = hfpeft.WeightsFile
 )
 
 // ErrPEFTUnsupported reports a PEFT adapter that is valid for PEFT but has
 // a feature ggtune cannot represent as a llama.cpp LoRA (modules_to_save,
-// DoRA, fan_in_fan_out, rank or alpha patterns, bias training).
-var ErrPEFTUnsupported = errors.New("unsupported peft adapter")
+// fan_in_fan_out, rank or alpha patterns, bias training, DoRA on the
+// embedding). It is hfpeft.ErrUnsupported, shared by every method's
+// converter.
+var ErrPEFTUnsupported = hfpeft.ErrUnsupported
 
 // peftLoRAConfig is the subset of PEFT's LoraConfig that ggtune writes and
 // checks. Fields that change the adapter's meaning are read so that an
@@ -49,140 +51,31 @@ type peftLoRAConfig struct {
 	InferenceMode       bool               `json:"inference_mode"`
 }
 
-// hfModule maps a per-block target to its Hugging Face module below
-// model.layers.N.
-var hfModule = map[Target]string{
-	TargetQ: "self_attn.q_proj", TargetK: "self_attn.k_proj", TargetV: "self_attn.v_proj",
-	TargetO: "self_attn.o_proj", TargetGate: "mlp.gate_proj", TargetUp: "mlp.up_proj",
-	TargetDown: "mlp.down_proj",
-}
-
-// hfModuleName is the PEFT target_modules entry of a target.
-func hfModuleName(t Target) string {
+// stem is the hfpeft name of the target's weight: its GGUF stem
+// (attn_q, ...) or hfpeft.Output/Embed.
+func (t Target) stem() string {
 	switch t {
 	case TargetOutput:
-		return "lm_head"
+		return hfpeft.Output
 	case TargetEmbed:
-		return "embed_tokens"
+		return hfpeft.Embed
 	}
-	m := hfModule[t]
-	return m[strings.LastIndexByte(m, '.')+1:]
+	return blockTensor[t]
 }
 
-// hfKey is the module path of one adapted weight in PEFT's state dict.
-func hfKey(t Target, layer int) string {
-	switch t {
-	case TargetOutput:
-		return "base_model.model.lm_head"
-	case TargetEmbed:
-		return "base_model.model.model.embed_tokens"
+// targetOfStem is the inverse of Target.stem.
+func targetOfStem(stem string) Target {
+	switch stem {
+	case hfpeft.Output:
+		return TargetOutput
+	case hfpeft.Embed:
+		return TargetEmbed
 	}
-	return fmt.Sprintf("base_model.model.model.layers.%d.%s", layer, hfModule[t])
+	return aliases[stem]
 }
 
-// parseHFKey splits a PEFT tensor name into its target, block and part
-// (lora_A.weight, lora_B.weight, lora_embedding_A, ...).
-func parseHFKey(key string) (t Target, layer int, part string, ok bool) {
-	rest, found := strings.CutPrefix(key, "base_model.model.")
-	if !found {
-		return "", 0, "", false
-	}
-	for _, p := range []string{"lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"} {
-		if mod, found := strings.CutSuffix(rest, "."+p); found {
-			rest, part = mod, p
-			break
-		}
-	}
-	if part == "" {
-		return "", 0, "", false
-	}
-	switch rest {
-	case "lm_head":
-		return TargetOutput, -1, part, true
-	case "model.embed_tokens":
-		return TargetEmbed, -1, part, true
-	}
-	var mod string
-	if n, err := fmt.Sscanf(rest, "model.layers.%d.%s", &layer, &mod); n != 2 || err != nil || layer < 0 {
-		return "", 0, "", false
-	}
-	for t, m := range hfModule {
-		if m == mod {
-			return t, layer, part, true
-		}
-	}
-	return "", 0, "", false
-}
-
-// ropeLayout says how the GGUF conversion of arch stores the rows of q and
-// k: llama-family converters permute each head's rows from Hugging Face's
-// split halves to interleaved pairs; qwen2 and qwen3 (NEOX RoPE) keep them.
-type ropeLayout struct {
-	permute     bool
-	nHead, nHKV int
-}
-
-func layoutOf(base *binding.GGUFFile) (string, ropeLayout, error) {
-	arch, ok := base.String("general.architecture")
-	if !ok {
-		return "", ropeLayout{}, fmt.Errorf("%s: no general.architecture", base.Path())
-	}
-	switch arch {
-	case "llama", "mistral", "qwen2", "qwen3":
-	default:
-		return "", ropeLayout{}, fmt.Errorf("%w: architecture %q (PEFT names are known for llama, mistral, qwen2 and qwen3)", ErrPEFTUnsupported, arch)
-	}
-	l := ropeLayout{permute: arch == "llama" || arch == "mistral"}
-	nh, ok := base.Uint(arch + ".attention.head_count")
-	if !ok || nh == 0 {
-		return "", ropeLayout{}, fmt.Errorf("%s: no scalar %s.attention.head_count", base.Path(), arch)
-	}
-	nkv, ok := base.Uint(arch + ".attention.head_count_kv")
-	if !ok {
-		nkv = nh
-	}
-	l.nHead, l.nHKV = int(nh), int(nkv)
-	return arch, l, nil
-}
-
-// heads returns the number of heads whose rows t's output holds, or 0 when
-// t's rows are not permuted.
-func (l ropeLayout) heads(t Target) int {
-	switch {
-	case !l.permute:
-		return 0
-	case t == TargetQ:
-		return l.nHead
-	case t == TargetK:
-		return l.nHKV
-	}
-	return 0
-}
-
-// permuteRows reorders the rows of m (rows × cols, row-major) from Hugging
-// Face's split-half RoPE layout to GGUF's interleaved one (toGGUF) or back:
-// within each of nHead heads of d rows, GGUF row 2i+j is HF row j·d/2+i.
-func permuteRows(m []float32, cols, nHead int, toGGUF bool) ([]float32, error) {
-	rows := len(m) / cols
-	if nHead <= 0 || rows%nHead != 0 || (rows/nHead)%2 != 0 {
-		return nil, fmt.Errorf("%w: %d rows do not split into %d heads of even size", ErrFormat, rows, nHead)
-	}
-	d := rows / nHead
-	out := make([]float32, len(m))
-	for h := 0; h < nHead; h++ {
-		for i := 0; i < d/2; i++ {
-			for j := 0; j < 2; j++ {
-				g, f := h*d+2*i+j, h*d+j*d/2+i
-				if toGGUF {
-					copy(out[g*cols:(g+1)*cols], m[f*cols:(f+1)*cols])
-				} else {
-					copy(out[f*cols:(f+1)*cols], m[g*cols:(g+1)*cols])
-				}
-			}
-		}
-	}
-	return out, nil
-}
+// loraParts are the tensor name suffixes of PEFT's LoRA (and DoRA) modules.
+var loraParts = []string{"lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
 
 // transpose returns the cols × rows transpose of m (rows × cols).
 func transpose(m []float32, rows, cols int) []float32 {
@@ -203,7 +96,7 @@ func transpose(m []float32, rows, cols int) []float32 {
 // with r, lora_alpha and use_rslora giving the same scale. baseName is
 // recorded as base_model_name_or_path ("" for null).
 func (a *Adapter) ExportPEFT(dir string, base *binding.GGUFFile, baseName string) error {
-	arch, layout, err := layoutOf(base)
+	arch, layout, err := hfpeft.LayoutOf(base)
 	if err != nil {
 		return fmt.Errorf("export peft: %w", err)
 	}
@@ -217,6 +110,9 @@ func (a *Adapter) ExportPEFT(dir string, base *binding.GGUFFile, baseName string
 	layers := map[int]bool{}
 	perBlock := false
 	for _, w := range a.weights {
+		if w.A0 != nil {
+			return fmt.Errorf("export peft: %w: a fresh %s adapter (save and load it first: its file is a LoRA of rank 2r for the original base)", ErrPEFTUnsupported, a.cfg.Init)
+		}
 		av, err := w.A.Floats()
 		if err != nil {
 			return fmt.Errorf("export peft: %w", err)
@@ -225,22 +121,34 @@ func (a *Adapter) ExportPEFT(dir string, base *binding.GGUFFile, baseName string
 		if err != nil {
 			return fmt.Errorf("export peft: %w", err)
 		}
-		key := hfKey(w.Target, w.Layer)
+		key := hfpeft.Key(w.Target.stem(), w.Layer)
 		if w.Embedding() {
 			nVocab, nEmbd := int(w.A.Dim(1)), int(w.B.Dim(1))
 			tensors[key+".lora_embedding_A"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{r, nVocab}, Data: transpose(av, nVocab, r)}
 			tensors[key+".lora_embedding_B"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{nEmbd, r}, Data: bv}
 		} else {
 			in, out := int(w.A.Dim(0)), int(w.B.Dim(1))
-			if h := layout.heads(w.Target); h > 0 {
-				if bv, err = permuteRows(bv, r, h, false); err != nil {
+			var mv []float32
+			if w.M != nil {
+				if mv, err = w.M.Floats(); err != nil {
+					return fmt.Errorf("export peft: %w", err)
+				}
+			}
+			if h := layout.Heads(w.Target.stem()); h > 0 {
+				if bv, err = hfpeft.PermuteRows(bv, r, h, false); err == nil && mv != nil {
+					mv, err = hfpeft.PermuteRows(mv, 1, h, false)
+				}
+				if err != nil {
 					return fmt.Errorf("export peft: %s: %w", w.Base, err)
 				}
 			}
 			tensors[key+".lora_A.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{r, in}, Data: av}
 			tensors[key+".lora_B.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{out, r}, Data: bv}
+			if mv != nil {
+				tensors[key+".lora_magnitude_vector"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{out}, Data: mv}
+			}
 		}
-		if m := hfModuleName(w.Target); !seenMod[m] {
+		if m := hfpeft.ModuleName(w.Target.stem()); !seenMod[m] {
 			seenMod[m] = true
 			modules = append(modules, m)
 		}
@@ -255,7 +163,7 @@ func (a *Adapter) ExportPEFT(dir string, base *binding.GGUFFile, baseName string
 		return fmt.Errorf("export peft: %w", err)
 	}
 	pc := peftLoRAConfig{PEFTType: "LORA", TaskType: "CAUSAL_LM", R: r, LoRAAlpha: float64(a.cfg.Alpha),
-		LoRADropout: float64(a.cfg.Dropout), TargetModules: tm, UseRSLoRA: a.cfg.RSLoRA, Bias: "none",
+		LoRADropout: float64(a.cfg.Dropout), TargetModules: tm, UseRSLoRA: a.cfg.RSLoRA, UseDoRA: a.cfg.DoRA, Bias: "none",
 		InitLoRAWeights: true, InferenceMode: true}
 	if baseName != "" {
 		pc.BaseModelNameOrPath = &baseName
@@ -299,15 +207,16 @@ func PEFTType(dir string) (string, error) {
 	return pc.PEFTType, nil
 }
 
-// ImportPEFT reads a Hugging Face PEFT LoRA adapter directory
+// ImportPEFT reads a Hugging Face PEFT LoRA or DoRA adapter directory
 // (adapter_config.json + adapter_model.safetensors) for the base model
-// file base into an adapter on backend: A and B keep their values, the
-// rows of q and k B matrices are permuted into GGUF's layout for
-// llama-family models, the embedding's A is transposed into llama.cpp's
-// layout, and rank, lora_alpha and use_rslora become the same scale.
-// Every tensor's shape is checked against the base weight first. Adapters
-// with modules_to_save, DoRA, fan_in_fan_out, rank/alpha patterns or
-// trained biases are refused with ErrPEFTUnsupported.
+// file base into an adapter on backend: A, B and DoRA's magnitudes keep
+// their values, the rows of q and k B matrices (and their magnitudes) are
+// permuted into GGUF's layout for llama-family models, the embedding's A
+// is transposed into llama.cpp's layout, and rank, lora_alpha and
+// use_rslora become the same scale. Every tensor's shape is checked
+// against the base weight first. Adapters with modules_to_save,
+// fan_in_fan_out, rank/alpha patterns, trained biases or DoRA on the
+// embedding are refused with ErrPEFTUnsupported.
 func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*Adapter, error) {
 	cfgPath := filepath.Join(dir, PEFTConfigFile)
 	fail := func(err error, format string, args ...any) (*Adapter, error) {
@@ -322,14 +231,12 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 		return fail(ErrFormat, "%s: %v", PEFTConfigFile, err)
 	}
 	switch {
-	case pc.PEFTType == "IA3" || pc.PEFTType == "ADALORA" || pc.PEFTType == "LOHA" || pc.PEFTType == "LOKR":
-		return fail(ErrPEFTUnsupported, "peft_type %s: only LORA (and the prompt-learning types) convert today", pc.PEFTType)
+	case pc.PEFTType == "ADALORA" || pc.PEFTType == "LOHA" || pc.PEFTType == "LOKR":
+		return fail(ErrPEFTUnsupported, "peft_type %s: ggtune converts LORA (with DoRA), IA3 and the prompt-learning types", pc.PEFTType)
 	case pc.PEFTType != "LORA":
 		return fail(ErrFormat, "peft_type %q is not LORA", pc.PEFTType)
 	case len(pc.ModulesToSave) > 0:
 		return fail(ErrPEFTUnsupported, "modules_to_save %v: fully trained copies of modules are not a LoRA (merge them into the base model with PEFT first)", pc.ModulesToSave)
-	case pc.UseDoRA:
-		return fail(ErrPEFTUnsupported, "use_dora: DoRA conversion is not available yet")
 	case pc.FanInFanOut:
 		return fail(ErrPEFTUnsupported, "fan_in_fan_out (GPT-2 style Conv1D weights)")
 	case len(pc.RankPattern) > 0 || len(pc.AlphaPattern) > 0:
@@ -345,26 +252,29 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 	if err != nil {
 		return nil, fmt.Errorf("import peft: %w", err)
 	}
-	arch, layout, err := layoutOf(base)
+	arch, layout, err := hfpeft.LayoutOf(base)
 	if err != nil {
 		return nil, fmt.Errorf("import peft: %w", err)
 	}
 	type pair struct {
-		t     Target
-		layer int
-		a, b  *safetensors.Tensor
+		t       Target
+		layer   int
+		a, b, m *safetensors.Tensor
 	}
 	pairs := map[string]*pair{}
 	for _, key := range st.Names() {
-		t, layer, part, ok := parseHFKey(key)
+		stem, layer, part, ok := hfpeft.ParseKey(key, loraParts)
 		if !ok {
 			return fail(ErrPEFTUnsupported, "tensor %s is not a LoRA factor of a known module (a saved module or bias?)", key)
 		}
-		if part == "lora_magnitude_vector" {
-			return fail(ErrPEFTUnsupported, "tensor %s: DoRA conversion is not available yet", key)
-		}
-		if (t == TargetEmbed) != strings.HasPrefix(part, "lora_embedding_") {
-			return fail(ErrFormat, "tensor %s: %s on %s", key, part, hfModuleName(t))
+		t := targetOfStem(stem)
+		switch {
+		case part == "lora_magnitude_vector" && !pc.UseDoRA:
+			return fail(ErrFormat, "tensor %s: a DoRA magnitude, but use_dora is false", key)
+		case part == "lora_magnitude_vector" && t == TargetEmbed:
+			return fail(ErrPEFTUnsupported, "tensor %s: DoRA on the token embedding", key)
+		case part != "lora_magnitude_vector" && (t == TargetEmbed) != strings.HasPrefix(part, "lora_embedding_"):
+			return fail(ErrFormat, "tensor %s: %s on %s", key, part, hfpeft.ModuleName(stem))
 		}
 		name := t.TensorName(layer)
 		p := pairs[name]
@@ -373,9 +283,12 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 			pairs[name] = p
 		}
 		tt := st.Tensors[key]
-		if part == "lora_A.weight" || part == "lora_embedding_A" {
+		switch part {
+		case "lora_A.weight", "lora_embedding_A":
 			p.a = &tt
-		} else {
+		case "lora_magnitude_vector":
+			p.m = &tt
+		default:
 			p.b = &tt
 		}
 	}
@@ -383,7 +296,7 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 		return fail(ErrFormat, "no LoRA tensors")
 	}
 	r := pc.R
-	cfg := Config{Rank: r, Alpha: float32(pc.LoRAAlpha), Dropout: float32(pc.LoRADropout), RSLoRA: pc.UseRSLoRA, Init: InitKaiming}
+	cfg := Config{Rank: r, Alpha: float32(pc.LoRAAlpha), Dropout: float32(pc.LoRADropout), RSLoRA: pc.UseRSLoRA, DoRA: pc.UseDoRA, Init: InitKaiming}
 	if float64(cfg.Alpha) != pc.LoRAAlpha {
 		return fail(ErrPEFTUnsupported, "lora_alpha %v is not a float32", pc.LoRAAlpha)
 	}
@@ -393,14 +306,20 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 	}
 	sort.Strings(names)
 	var slots []slot
-	data := map[string][2][]float32{}
+	data := map[string][3][]float32{}
 	seenT := map[Target]bool{}
 	layerSet := map[int]bool{}
 	for _, name := range names {
 		p := pairs[name]
-		key := hfKey(p.t, p.layer)
+		key := hfpeft.Key(p.t.stem(), p.layer)
 		if p.a == nil || p.b == nil {
 			return fail(ErrFormat, "%s: one of the two LoRA factors is missing", key)
+		}
+		if pc.UseDoRA && p.t == TargetEmbed {
+			return fail(ErrPEFTUnsupported, "%s: DoRA on the token embedding", key)
+		}
+		if pc.UseDoRA && p.m == nil {
+			return fail(ErrFormat, "%s: use_dora, but the lora_magnitude_vector is missing", key)
 		}
 		bi, ok := base.TensorInfo(name)
 		if !ok {
@@ -411,7 +330,7 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 		}
 		in, out := int(bi.Shape[0]), int(bi.Shape[1]) // ggml [in, out] = PyTorch [out, in]
 		s := slot{target: p.t, layer: p.layer, base: name, baseType: bi.Type}
-		var av, bv []float32
+		var av, bv, mv []float32
 		if p.t == TargetEmbed {
 			// PEFT: A [r, n_vocab], B [n_embd, r]; the base is ggml [n_embd, n_vocab].
 			if p.a.Shape[0] != r || p.a.Shape[1] != out || p.b.Shape[0] != in || p.b.Shape[1] != r {
@@ -425,13 +344,22 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 			}
 			s.aShape, s.bShape = [2]int64{int64(in), int64(r)}, [2]int64{int64(r), int64(out)}
 			av, bv = p.a.Data, p.b.Data
-			if h := layout.heads(p.t); h > 0 {
-				if bv, err = permuteRows(bv, r, h, true); err != nil {
+			if p.m != nil {
+				if len(p.m.Shape) != 1 || p.m.Shape[0] != out {
+					return fail(ErrFormat, "%s: lora_magnitude_vector %v for a weight of %d output rows", key, p.m.Shape, out)
+				}
+				mv = p.m.Data
+			}
+			if h := layout.Heads(p.t.stem()); h > 0 {
+				if bv, err = hfpeft.PermuteRows(bv, r, h, true); err == nil && mv != nil {
+					mv, err = hfpeft.PermuteRows(mv, 1, h, true)
+				}
+				if err != nil {
 					return fail(ErrFormat, "%s: %v", key, err)
 				}
 			}
 		}
-		for _, v := range [][]float32{av, bv} {
+		for _, v := range [][]float32{av, bv, mv} {
 			for _, x := range v {
 				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
 					return fail(ErrFormat, "%s holds a non-finite value", key)
@@ -439,7 +367,7 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 			}
 		}
 		slots = append(slots, s)
-		data[name] = [2][]float32{av, bv}
+		data[name] = [3][]float32{av, bv, mv}
 		if !seenT[p.t] {
 			seenT[p.t] = true
 			cfg.Targets = append(cfg.Targets, p.t)
@@ -465,6 +393,18 @@ func ImportPEFT(dir string, base *binding.GGUFFile, backend *binding.Backend) (*
 			return nil, fmt.Errorf("import peft: %w", err)
 		}
 		if err := w.B.SetFloats(d[1]); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("import peft: %w", err)
+		}
+		if w.M != nil {
+			if err := w.M.SetFloats(d[2]); err != nil {
+				a.Close()
+				return nil, fmt.Errorf("import peft: %w", err)
+			}
+		}
+	}
+	if cfg.DoRA {
+		if err := a.readBase(base); err != nil {
 			a.Close()
 			return nil, fmt.Errorf("import peft: %w", err)
 		}

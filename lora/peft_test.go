@@ -3,354 +3,23 @@ package lora_test
 import (
 	"encoding/json"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/internal/hfref"
+	"github.com/ggtune/ggtune/internal/methodtest"
 	"github.com/ggtune/ggtune/internal/randmodel"
 	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
+	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/safetensors"
 )
-
-// hfLlama is a plain-Go reference forward pass of a llama-family model in
-// Hugging Face's layout (PyTorch [out, in] weights, split-half RoPE), in
-// float64. It is the oracle for the PEFT layout: it never sees GGUF's
-// interleaved q/k rows.
-type hfLlama struct {
-	nEmbd, nHead, nHKV, nLayer, nVocab int
-	headDim                            int
-	eps, ropeBase                      float64
-	w                                  map[string][]float64 // HF names, row-major
-}
-
-func (m *hfLlama) mat(name string) []float64 { return m.w[name] }
-
-// loadHF reads a GGUF model and converts it to Hugging Face's layout: q and
-// k rows un-permuted for llama (not for qwen2/qwen3).
-func loadHF(t *testing.T, path string) *hfLlama {
-	t.Helper()
-	f, err := binding.OpenGGUF(path)
-	require.NoError(t, err)
-	defer f.Close()
-	arch, _ := f.String("general.architecture")
-	u := func(k string) int { v, ok := f.Uint(arch + "." + k); require.True(t, ok, k); return int(v) }
-	m := &hfLlama{nEmbd: u("embedding_length"), nHead: u("attention.head_count"), nHKV: u("attention.head_count_kv"),
-		nLayer: u("block_count"), eps: 1e-5, ropeBase: 10000, w: map[string][]float64{}}
-	m.headDim = m.nEmbd / m.nHead
-	if v, ok := f.Uint(arch + ".attention.key_length"); ok {
-		m.headDim = int(v)
-	}
-	if v, ok := f.Float(arch + ".attention.layer_norm_rms_epsilon"); ok {
-		m.eps = v
-	}
-	if v, ok := f.Float(arch + ".rope.freq_base"); ok {
-		m.ropeBase = v
-	}
-	read := func(gguf, hf string, heads int) {
-		v, err := f.ReadTensorFloats(gguf)
-		require.NoError(t, err, gguf)
-		ti, _ := f.TensorInfo(gguf)
-		out := make([]float64, len(v))
-		if heads > 0 && arch == "llama" {
-			// GGUF row h·d+2i+j is HF row h·d+j·d/2+i.
-			cols := int(ti.Shape[0])
-			d := int(ti.Shape[1]) / heads
-			for h := 0; h < heads; h++ {
-				for i := 0; i < d/2; i++ {
-					for j := 0; j < 2; j++ {
-						g, hf := h*d+2*i+j, h*d+j*d/2+i
-						for c := 0; c < cols; c++ {
-							out[hf*cols+c] = float64(v[g*cols+c])
-						}
-					}
-				}
-			}
-		} else {
-			for i, x := range v {
-				out[i] = float64(x)
-			}
-		}
-		m.w[hf] = out
-	}
-	read("token_embd.weight", "model.embed_tokens", 0)
-	ti, _ := f.TensorInfo("token_embd.weight")
-	m.nVocab = int(ti.Shape[1])
-	read("output_norm.weight", "model.norm", 0)
-	if _, ok := f.TensorInfo("output.weight"); ok {
-		read("output.weight", "lm_head", 0)
-	} else {
-		m.w["lm_head"] = m.w["model.embed_tokens"]
-	}
-	for l := 0; l < m.nLayer; l++ {
-		p := "model.layers." + itoa(l) + "."
-		g := "blk." + itoa(l) + "."
-		read(g+"attn_norm.weight", p+"input_layernorm", 0)
-		read(g+"ffn_norm.weight", p+"post_attention_layernorm", 0)
-		read(g+"attn_q.weight", p+"self_attn.q_proj", m.nHead)
-		read(g+"attn_k.weight", p+"self_attn.k_proj", m.nHKV)
-		read(g+"attn_v.weight", p+"self_attn.v_proj", 0)
-		read(g+"attn_output.weight", p+"self_attn.o_proj", 0)
-		read(g+"ffn_gate.weight", p+"mlp.gate_proj", 0)
-		read(g+"ffn_up.weight", p+"mlp.up_proj", 0)
-		read(g+"ffn_down.weight", p+"mlp.down_proj", 0)
-		for _, b := range []string{"q", "k"} { // qwen3: RMSNorm of each head
-			if _, ok := f.TensorInfo(g + "attn_" + b + "_norm.weight"); ok {
-				read(g+"attn_"+b+"_norm.weight", p+"self_attn."+b+"_norm", 0)
-			}
-		}
-		for _, b := range []string{"q", "k", "v"} {
-			if _, ok := f.TensorInfo(g + "attn_" + b + ".bias"); ok {
-				read(g+"attn_"+b+".bias", p+"self_attn."+b+"_proj.bias", 0)
-			}
-		}
-	}
-	return m
-}
-
-func itoa(i int) string { return strconv.Itoa(i) }
-
-// applyPEFT adds scale·B·A of every LoRA pair in the PEFT directory to the
-// model's HF-layout weights (W [out, in] += s·B[out, r]·A[r, in]; the
-// embedding E [vocab, d] += s·(B[d, r]·A[r, vocab])ᵀ).
-func (m *hfLlama) applyPEFT(t *testing.T, dir string) {
-	t.Helper()
-	js, err := os.ReadFile(filepath.Join(dir, lora.PEFTConfigFile))
-	require.NoError(t, err)
-	var pc struct {
-		R      int     `json:"r"`
-		Alpha  float64 `json:"lora_alpha"`
-		RSLoRA bool    `json:"use_rslora"`
-	}
-	require.NoError(t, json.Unmarshal(js, &pc))
-	s := pc.Alpha / float64(pc.R)
-	if pc.RSLoRA {
-		s = pc.Alpha / math.Sqrt(float64(pc.R))
-	}
-	st, err := safetensors.ReadFile(filepath.Join(dir, lora.PEFTWeightsFile))
-	require.NoError(t, err)
-	for _, key := range st.Names() {
-		mod, ok := strings.CutSuffix(key, ".lora_A.weight")
-		emb := false
-		if !ok {
-			if mod, ok = strings.CutSuffix(key, ".lora_embedding_A"); !ok {
-				continue
-			}
-			emb = true
-		}
-		a := st.Tensors[key]
-		b := st.Tensors[strings.Replace(key, "A", "B", 1)]
-		if emb {
-			b = st.Tensors[mod+".lora_embedding_B"]
-		}
-		name := strings.TrimPrefix(mod, "base_model.model.")
-		w := m.w[name]
-		require.NotNil(t, w, name)
-		r := pc.R
-		if emb {
-			nv, d := a.Shape[1], b.Shape[0]
-			for v := 0; v < nv; v++ {
-				for e := 0; e < d; e++ {
-					var acc float64
-					for k := 0; k < r; k++ {
-						acc += float64(b.Data[e*r+k]) * float64(a.Data[k*nv+v])
-					}
-					w[v*d+e] += s * acc
-				}
-			}
-			continue
-		}
-		out, in := b.Shape[0], a.Shape[1]
-		nw := make([]float64, len(w))
-		copy(nw, w)
-		for o := 0; o < out; o++ {
-			for i := 0; i < in; i++ {
-				var acc float64
-				for k := 0; k < r; k++ {
-					acc += float64(b.Data[o*r+k]) * float64(a.Data[k*in+i])
-				}
-				nw[o*in+i] += s * acc
-			}
-		}
-		m.w[name] = nw
-	}
-}
-
-func matvec(w []float64, x []float64, out int) []float64 {
-	in := len(x)
-	y := make([]float64, out)
-	for o := 0; o < out; o++ {
-		var acc float64
-		for i, v := range x {
-			acc += w[o*in+i] * v
-		}
-		y[o] = acc
-	}
-	return y
-}
-
-func (m *hfLlama) rmsnorm(x, w []float64) []float64 {
-	var ss float64
-	for _, v := range x {
-		ss += v * v
-	}
-	k := 1 / math.Sqrt(ss/float64(len(x))+m.eps)
-	y := make([]float64, len(x))
-	for i, v := range x {
-		y[i] = v * k * w[i]
-	}
-	return y
-}
-
-// headNorm applies RMSNorm with weight w to each head of x in place (no-op
-// when w is nil).
-func (m *hfLlama) headNorm(x []float64, heads int, w []float64) {
-	if w == nil {
-		return
-	}
-	d := len(x) / heads
-	for h := 0; h < heads; h++ {
-		copy(x[h*d:(h+1)*d], m.rmsnorm(x[h*d:(h+1)*d], w))
-	}
-}
-
-// rope applies Hugging Face's rotate_half RoPE to each head of x in place.
-func (m *hfLlama) rope(x []float64, heads, pos int) {
-	d := len(x) / heads
-	for h := 0; h < heads; h++ {
-		for i := 0; i < d/2; i++ {
-			th := float64(pos) * math.Pow(m.ropeBase, -2*float64(i)/float64(d))
-			c, s := math.Cos(th), math.Sin(th)
-			a, b := x[h*d+i], x[h*d+i+d/2]
-			x[h*d+i], x[h*d+i+d/2] = a*c-b*s, b*c+a*s
-		}
-	}
-}
-
-// logits runs the model on tokens and returns every position's logits.
-func (m *hfLlama) logits(tokens []int) [][]float64 {
-	n, d := m.nEmbd, m.headDim
-	kvd := d * m.nHKV
-	xs := make([][]float64, len(tokens))
-	for p, tok := range tokens {
-		xs[p] = append([]float64(nil), m.w["model.embed_tokens"][tok*n:(tok+1)*n]...)
-	}
-	for l := 0; l < m.nLayer; l++ {
-		pre := "model.layers." + itoa(l) + "."
-		ks, vs, qs := make([][]float64, len(tokens)), make([][]float64, len(tokens)), make([][]float64, len(tokens))
-		for p := range tokens {
-			h := m.rmsnorm(xs[p], m.w[pre+"input_layernorm"])
-			qs[p] = matvec(m.w[pre+"self_attn.q_proj"], h, d*m.nHead)
-			ks[p] = matvec(m.w[pre+"self_attn.k_proj"], h, kvd)
-			vs[p] = matvec(m.w[pre+"self_attn.v_proj"], h, kvd)
-			for name, v := range map[string][]float64{"q": qs[p], "k": ks[p], "v": vs[p]} {
-				if b := m.w[pre+"self_attn."+name+"_proj.bias"]; b != nil {
-					for i := range v {
-						v[i] += b[i]
-					}
-				}
-			}
-			m.headNorm(qs[p], m.nHead, m.w[pre+"self_attn.q_norm"])
-			m.headNorm(ks[p], m.nHKV, m.w[pre+"self_attn.k_norm"])
-			m.rope(qs[p], m.nHead, p)
-			m.rope(ks[p], m.nHKV, p)
-		}
-		for p := range tokens {
-			att := make([]float64, d*m.nHead)
-			for h := 0; h < m.nHead; h++ {
-				g := h / (m.nHead / m.nHKV)
-				sc := make([]float64, p+1)
-				mx := math.Inf(-1)
-				for j := 0; j <= p; j++ {
-					var dot float64
-					for i := 0; i < d; i++ {
-						dot += qs[p][h*d+i] * ks[j][g*d+i]
-					}
-					sc[j] = dot / math.Sqrt(float64(d))
-					mx = math.Max(mx, sc[j])
-				}
-				var z float64
-				for j := range sc {
-					sc[j] = math.Exp(sc[j] - mx)
-					z += sc[j]
-				}
-				for j := range sc {
-					for i := 0; i < d; i++ {
-						att[h*d+i] += sc[j] / z * vs[j][g*d+i]
-					}
-				}
-			}
-			o := matvec(m.w[pre+"self_attn.o_proj"], att, n)
-			for i := range o {
-				xs[p][i] += o[i]
-			}
-			h := m.rmsnorm(xs[p], m.w[pre+"post_attention_layernorm"])
-			nff := len(m.w[pre+"mlp.gate_proj"]) / n
-			gt := matvec(m.w[pre+"mlp.gate_proj"], h, nff)
-			up := matvec(m.w[pre+"mlp.up_proj"], h, nff)
-			for i := range gt {
-				gt[i] = gt[i] / (1 + math.Exp(-gt[i])) * up[i]
-			}
-			dn := matvec(m.w[pre+"mlp.down_proj"], gt, n)
-			for i := range dn {
-				xs[p][i] += dn[i]
-			}
-		}
-	}
-	out := make([][]float64, len(tokens))
-	for p := range tokens {
-		out[p] = matvec(m.w["lm_head"], m.rmsnorm(xs[p], m.w["model.norm"]), m.nVocab)
-	}
-	return out
-}
-
-// writePEFT writes a random PEFT LoRA directory for m in Hugging Face's
-// layout: every projection of every block, lm_head and embed_tokens.
-func writePEFT(t *testing.T, dir string, m *hfLlama, r int, alpha float64, rslora bool, seed uint64) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(seed, 3))
-	rnd := func(n int, std float64) []float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() * std)
-		}
-		return v
-	}
-	ts := map[string]safetensors.Tensor{}
-	add := func(mod string, out, in int) {
-		ts["base_model.model."+mod+".lora_A.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{r, in}, Data: rnd(r*in, 0.3)}
-		ts["base_model.model."+mod+".lora_B.weight"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{out, r}, Data: rnd(out*r, 0.3)}
-	}
-	n, kvd, qd := m.nEmbd, m.headDim*m.nHKV, m.headDim*m.nHead
-	for l := 0; l < m.nLayer; l++ {
-		p := "model.layers." + itoa(l) + "."
-		nff := len(m.w[p+"mlp.gate_proj"]) / n
-		add(p+"self_attn.q_proj", qd, n)
-		add(p+"self_attn.k_proj", kvd, n)
-		add(p+"self_attn.v_proj", kvd, n)
-		add(p+"self_attn.o_proj", n, qd)
-		add(p+"mlp.gate_proj", nff, n)
-		add(p+"mlp.up_proj", nff, n)
-		add(p+"mlp.down_proj", n, nff)
-	}
-	add("lm_head", m.nVocab, n)
-	ts["base_model.model.model.embed_tokens.lora_embedding_A"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{r, m.nVocab}, Data: rnd(r*m.nVocab, 0.3)}
-	ts["base_model.model.model.embed_tokens.lora_embedding_B"] = safetensors.Tensor{DType: safetensors.F32, Shape: []int{n, r}, Data: rnd(n*r, 0.3)}
-	require.NoError(t, os.MkdirAll(dir, 0o755))
-	require.NoError(t, safetensors.WriteFile(filepath.Join(dir, lora.PEFTWeightsFile), &safetensors.File{Tensors: ts}))
-	cfg := map[string]any{"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "use_rslora": rslora,
-		"target_modules": []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens"},
-		"bias":           "none", "modules_to_save": nil, "base_model_name_or_path": "test"}
-	js, err := json.Marshal(cfg)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, lora.PEFTConfigFile), js, 0o644))
-}
 
 // llamaLogitsFile decodes tokens with libllama (F32 KV cache) and the
 // adapter file at scale 1 ("" for none).
@@ -411,9 +80,9 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 		{"qwen3 random", qwen3, 2, 4, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hf := loadHF(t, tc.model)
+			hf := hfref.Load(t, tc.model)
 			dir := filepath.Join(t.TempDir(), "peft")
-			writePEFT(t, dir, hf, tc.r, tc.alpha, tc.rslora, 11)
+			hfref.WriteLoRA(t, dir, hf, tc.r, tc.alpha, tc.rslora, 11)
 			base, err := binding.OpenGGUF(tc.model)
 			require.NoError(t, err)
 			defer base.Close()
@@ -423,12 +92,12 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "imported.gguf")
 			require.NoError(t, a.Save(out))
 
-			hf.applyPEFT(t, dir)
+			hf.ApplyLoRA(t, dir)
 			ids := make([]int, len(tokens))
 			for i, tok := range tokens {
 				ids[i] = int(tok)
 			}
-			want := hf.logits(ids)
+			want := hf.Logits(ids)
 			got := llamaLogitsFile(t, tc.model, out, tokens)
 			diff := maxDiff64(got, want)
 			var scale float64
@@ -450,7 +119,7 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 			for _, w := range a.Weights() {
 				if w.Target == lora.TargetQ || w.Target == lora.TargetK {
 					mod := map[lora.Target]string{lora.TargetQ: "q_proj", lora.TargetK: "k_proj"}[w.Target]
-					raw := st.Tensors["base_model.model.model.layers."+itoa(w.Layer)+".self_attn."+mod+".lora_B.weight"]
+					raw := st.Tensors["base_model.model.model.layers."+strconv.Itoa(w.Layer)+".self_attn."+mod+".lora_B.weight"]
 					require.NoError(t, w.B.SetFloats(raw.Data))
 				}
 			}
@@ -459,6 +128,81 @@ func TestPEFTImportMatchesHFLayout(t *testing.T) {
 			bad := maxDiff64(llamaLogitsFile(t, tc.model, naive, tokens), want)
 			t.Logf("without the q/k permutation: max abs diff %.3g", bad)
 			require.Greater(t, bad, 50*diff)
+		})
+	}
+}
+
+// TestPEFTDoRAMatchesHFLayout is the oracle test of DoRA's layout: a random
+// PEFT DoRA adapter (use_dora, lora_magnitude_vector) applied in plain Go
+// arithmetic to the HF-layout base weights gives the logits of ggtune's
+// graph with the imported adapter and of libllama on the imported adapter
+// merged into the base (libllama cannot load DoRA). For llama, keeping the
+// q/k magnitudes in HF's row order (B permuted) is far off.
+func TestPEFTDoRAMatchesHFLayout(t *testing.T) {
+	stories, _ := openBase(t)
+	qwen := filepath.Join(t.TempDir(), "qwen2.gguf")
+	require.NoError(t, randmodel.Write(qwen, randmodel.Options{Arch: "qwen2", NEmbd: 32, NLayer: 2, NHead: 4, NHeadKV: 2, Untied: true, Seed: 5}))
+	tokens := []int32{1, 403, 407, 261, 378, 290, 44, 500, 3, 17, 260, 311}
+	ids := make([]int, len(tokens))
+	for i, tok := range tokens {
+		ids[i] = int(tok)
+	}
+	f32 := binding.TypeF32
+	for _, tc := range []struct{ name, model string }{{"llama stories260K", stories}, {"qwen2 random", qwen}} {
+		t.Run(tc.name, func(t *testing.T) {
+			hf := hfref.Load(t, tc.model)
+			dir := filepath.Join(t.TempDir(), "peft")
+			hfref.WriteDoRA(t, dir, hf, 4, 8, 13)
+			m, err := model.Load(tc.model, model.Options{Threads: 2})
+			require.NoError(t, err)
+			defer m.Close()
+			env, err := method.NewEnv(tc.model, m, m.Backend())
+			require.NoError(t, err)
+			defer env.Close()
+			inst, meth, err := method.ImportPEFT(dir, env)
+			require.NoError(t, err)
+			defer inst.Close()
+			assert.Equal(t, "lora", meth.Name())
+			hf.ApplyLoRA(t, dir)
+			want := hf.Logits(ids)
+			var scale float64
+			for _, row := range want {
+				for _, v := range row {
+					scale = math.Max(scale, math.Abs(v))
+				}
+			}
+			graph := maxDiff64(methodtest.GraphLogits(t, m, inst.Hooks(1), tokens), want)
+			merged := filepath.Join(t.TempDir(), "merged.gguf")
+			require.NoError(t, method.Merge(tc.model, merged, []method.Scaled{{Instance: inst, Scale: 1, Name: "dora"}}, method.MergeOptions{Type: &f32}))
+			llama := maxDiff64(methodtest.LlamaLogits(t, merged, tokens), want)
+			t.Logf("RESULT DoRA vs the HF-layout reference: ggtune graph %.3g, libllama on the merged model %.3g (logits up to %.3g)", graph, llama, scale)
+			require.Less(t, graph, 2e-4*math.Max(1, scale))
+			require.Less(t, llama, 2e-4*math.Max(1, scale))
+
+			saved := filepath.Join(t.TempDir(), "dora.gguf")
+			require.NoError(t, inst.Save(saved))
+			typ, err := method.AdapterType(saved)
+			require.NoError(t, err)
+			assert.Equal(t, "dora", typ)
+			if arch, _ := env.Base.String("general.architecture"); arch != "llama" {
+				return
+			}
+			// Negative control: q and k magnitudes left in HF's row order.
+			st, err := safetensors.ReadFile(filepath.Join(dir, lora.PEFTWeightsFile))
+			require.NoError(t, err)
+			a, err := lora.Load(saved, env.Base, m.Backend())
+			require.NoError(t, err)
+			defer a.Close()
+			for _, w := range a.Weights() {
+				if w.Target == lora.TargetQ || w.Target == lora.TargetK {
+					mod := map[lora.Target]string{lora.TargetQ: "q_proj", lora.TargetK: "k_proj"}[w.Target]
+					raw := st.Tensors["base_model.model.model.layers."+strconv.Itoa(w.Layer)+".self_attn."+mod+".lora_magnitude_vector"]
+					require.NoError(t, w.M.SetFloats(raw.Data))
+				}
+			}
+			bad := maxDiff64(methodtest.GraphLogits(t, m, []model.Hook{a.Hook(1)}, tokens), want)
+			t.Logf("without the q/k magnitude permutation: max abs diff %.3g", bad)
+			require.Greater(t, bad, 50*graph)
 		})
 	}
 }
@@ -476,6 +220,7 @@ func TestPEFTRoundTrip(t *testing.T) {
 			c.Targets = append(c.Targets, lora.TargetOutput, lora.TargetEmbed)
 		}},
 		{"rslora layers", func(c *lora.Config) { c.Rank, c.Alpha, c.RSLoRA, c.Layers = 4, 16, true, []int{1, 3} }},
+		{"dora", func(c *lora.Config) { c.DoRA, c.Targets = true, append(c.Targets, lora.TargetOutput) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := lora.DefaultConfig()
@@ -484,6 +229,9 @@ func TestPEFTRoundTrip(t *testing.T) {
 			require.NoError(t, err)
 			defer a.Close()
 			randomize(t, a, 2)
+			if cfg.DoRA {
+				randomizeDoRA(t, a)
+			}
 			dir := filepath.Join(t.TempDir(), "peft")
 			require.NoError(t, a.ExportPEFT(dir, base, "stories260K"))
 
@@ -492,12 +240,17 @@ func TestPEFTRoundTrip(t *testing.T) {
 			assert.Equal(t, "LORA", typ)
 			st, err := safetensors.ReadFile(filepath.Join(dir, lora.PEFTWeightsFile))
 			require.NoError(t, err)
-			assert.Len(t, st.Tensors, 2*len(a.Weights()))
+			perWeight := 2
+			if cfg.DoRA {
+				perWeight = 3
+				assert.Equal(t, []int{32}, st.Tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_magnitude_vector"].Shape)
+			}
+			assert.Len(t, st.Tensors, perWeight*len(a.Weights()))
 			q := st.Tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"]
 			assert.Equal(t, []int{64, cfg.Rank}, q.Shape)
 			assert.Equal(t, []int{cfg.Rank, 64}, st.Tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].Shape)
 			assert.Equal(t, []int{172, cfg.Rank}, st.Tensors["base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight"].Shape)
-			if cfg.Layers == nil {
+			if !cfg.DoRA && cfg.Layers == nil {
 				assert.Equal(t, []int{cfg.Rank, 512}, st.Tensors["base_model.model.model.embed_tokens.lora_embedding_A"].Shape)
 				assert.Equal(t, []int{64, cfg.Rank}, st.Tensors["base_model.model.model.embed_tokens.lora_embedding_B"].Shape)
 				assert.Equal(t, []int{512, cfg.Rank}, st.Tensors["base_model.model.lm_head.lora_B.weight"].Shape)
@@ -514,6 +267,7 @@ func TestPEFTRoundTrip(t *testing.T) {
 			assert.Equal(t, float64(cfg.Rank), pc["r"])
 			assert.Equal(t, float64(cfg.Alpha), pc["lora_alpha"])
 			assert.Equal(t, cfg.RSLoRA, pc["use_rslora"])
+			assert.Equal(t, cfg.DoRA, pc["use_dora"])
 
 			b, err := lora.ImportPEFT(dir, base, cpu(t))
 			require.NoError(t, err)
@@ -522,12 +276,18 @@ func TestPEFTRoundTrip(t *testing.T) {
 			assert.Equal(t, a.Config().FileAlpha(), b.Config().FileAlpha())
 			assert.Equal(t, a.Config().Layers, b.Config().Layers)
 			require.Len(t, b.Weights(), len(a.Weights()))
+			assert.Equal(t, cfg.DoRA, b.Config().DoRA)
 			for i, w := range a.Weights() {
 				assert.Equal(t, w.Base, b.Weights()[i].Base)
-				for j, tt := range []*binding.Tensor{w.A, w.B} {
+				bw := b.Weights()[i]
+				want, got := []*binding.Tensor{w.A, w.B}, []*binding.Tensor{bw.A, bw.B}
+				if cfg.DoRA {
+					want, got = append(want, w.M), append(got, bw.M)
+				}
+				for j, tt := range want {
 					want, err := tt.Floats()
 					require.NoError(t, err)
-					got, err := []*binding.Tensor{b.Weights()[i].A, b.Weights()[i].B}[j].Floats()
+					got, err := got[j].Floats()
 					require.NoError(t, err)
 					require.Equal(t, want, got, tt.Name())
 				}
@@ -540,7 +300,7 @@ func TestPEFTRoundTrip(t *testing.T) {
 // ones, are refused with an error naming the problem.
 func TestPEFTRefused(t *testing.T) {
 	_, base := openBase(t)
-	hf := loadHF(t, base.Path())
+	hf := hfref.Load(t, base.Path())
 	for _, tc := range []struct {
 		name    string
 		edit    func(cfg map[string]any, ts map[string]safetensors.Tensor)
@@ -549,10 +309,14 @@ func TestPEFTRefused(t *testing.T) {
 	}{
 		{"modules_to_save", func(c map[string]any, _ map[string]safetensors.Tensor) { c["modules_to_save"] = []string{"lm_head"} },
 			lora.ErrPEFTUnsupported, "modules_to_save [lm_head]"},
-		{"dora", func(c map[string]any, _ map[string]safetensors.Tensor) { c["use_dora"] = true }, lora.ErrPEFTUnsupported, "DoRA"},
-		{"magnitude vector", func(_ map[string]any, ts map[string]safetensors.Tensor) {
+		{"dora without magnitudes", func(c map[string]any, _ map[string]safetensors.Tensor) { c["use_dora"] = true }, lora.ErrFormat, "lora_magnitude_vector is missing"},
+		{"magnitude without use_dora", func(_ map[string]any, ts map[string]safetensors.Tensor) {
 			ts["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = safetensors.Tensor{Shape: []int{64}, Data: make([]float32, 64)}
-		}, lora.ErrPEFTUnsupported, "lora_magnitude_vector: DoRA"},
+		}, lora.ErrFormat, "use_dora is false"},
+		{"dora embedding", func(c map[string]any, ts map[string]safetensors.Tensor) {
+			c["use_dora"] = true
+			ts["base_model.model.model.embed_tokens.lora_magnitude_vector"] = safetensors.Tensor{Shape: []int{64}, Data: make([]float32, 64)}
+		}, lora.ErrPEFTUnsupported, "DoRA on the token embedding"},
 		{"saved module tensor", func(_ map[string]any, ts map[string]safetensors.Tensor) {
 			ts["base_model.model.lm_head.weight"] = safetensors.Tensor{Shape: []int{1}, Data: []float32{1}}
 		}, lora.ErrPEFTUnsupported, "tensor base_model.model.lm_head.weight"},
@@ -560,7 +324,8 @@ func TestPEFTRefused(t *testing.T) {
 		{"rank pattern", func(c map[string]any, _ map[string]safetensors.Tensor) {
 			c["rank_pattern"] = map[string]int{"q_proj": 2}
 		}, lora.ErrPEFTUnsupported, "rank_pattern"},
-		{"ia3", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "IA3" }, lora.ErrPEFTUnsupported, "peft_type IA3"},
+		{"ia3", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "IA3" }, lora.ErrFormat, `peft_type "IA3" is not LORA`},
+		{"loha", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "LOHA" }, lora.ErrPEFTUnsupported, "peft_type LOHA"},
 		{"unknown type", func(c map[string]any, _ map[string]safetensors.Tensor) { c["peft_type"] = "NOPE" }, lora.ErrFormat, `peft_type "NOPE"`},
 		{"wrong rank", func(c map[string]any, _ map[string]safetensors.Tensor) { c["r"] = 3 }, lora.ErrFormat, "for rank 3"},
 		{"missing half", func(_ map[string]any, ts map[string]safetensors.Tensor) {
@@ -579,7 +344,7 @@ func TestPEFTRefused(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "peft")
-			writePEFT(t, dir, hf, 4, 8, false, 1)
+			hfref.WriteLoRA(t, dir, hf, 4, 8, false, 1)
 			st, err := safetensors.ReadFile(filepath.Join(dir, lora.PEFTWeightsFile))
 			require.NoError(t, err)
 			js, err := os.ReadFile(filepath.Join(dir, lora.PEFTConfigFile))

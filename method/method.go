@@ -251,11 +251,16 @@ func AdapterType(path string) (string, error) {
 }
 
 // Open loads the adapter file at path with the method that reads its
-// adapter.type, and returns the instance and its method.
+// adapter.type, and returns the instance and its method. An adapter
+// holding a NaN or infinite value is refused (model.ErrNonFinite) for
+// every method.
 func Open(path string, env *Env) (Instance, Method, error) {
 	typ, err := AdapterType(path)
 	if err != nil {
 		return nil, nil, err
+	}
+	if err := model.CheckFinite(path); err != nil {
+		return nil, nil, fmt.Errorf("adapter %w", err)
 	}
 	m, err := ForAdapterType(typ)
 	if err != nil {

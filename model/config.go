@@ -142,9 +142,16 @@ func ReadConfig(f *binding.GGUFFile) (Config, error) {
 	if c.NHead%c.NHeadKV != 0 {
 		return c, fmt.Errorf("%s: %w: n_head %d is not a multiple of n_head_kv %d", f.Path(), ErrUnsupported, c.NHead, c.NHeadKV)
 	}
+	if _, explicit := f.Get(key("attention.key_length")); !explicit && c.NEmbd%c.NHead != 0 {
+		return c, fmt.Errorf("%s: %w: %s %d does not divide %s %d (and there is no %s)", f.Path(), ErrUnsupported,
+			key("attention.head_count"), c.NHead, key("embedding_length"), c.NEmbd, key("attention.key_length"))
+	}
 	c.HeadDim = opt("attention.key_length", c.NEmbd/c.NHead)
 	c.HeadDimV = opt("attention.value_length", c.NEmbd/c.NHead)
-	if c.HeadDim != c.HeadDimV || c.HeadDim <= 0 {
+	switch {
+	case c.HeadDim <= 0:
+		return c, fmt.Errorf("%s: %w: %s %d: want a positive head size", f.Path(), ErrUnsupported, key("attention.key_length"), c.HeadDim)
+	case c.HeadDim != c.HeadDimV:
 		return c, fmt.Errorf("%s: %w: key length %d differs from value length %d", f.Path(), ErrUnsupported, c.HeadDim, c.HeadDimV)
 	}
 	c.RoPEDim = opt("rope.dimension_count", c.HeadDim)

@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/internal/ggufpatch"
 	"github.com/ggtune/ggtune/internal/randmodel"
 	"github.com/ggtune/ggtune/model"
 )
@@ -73,6 +75,41 @@ func TestLoadErrors(t *testing.T) {
 
 	_, err = model.Load(filepath.Join(dir, "nope.gguf"), model.Options{Threads: 1})
 	require.Error(t, err)
+}
+
+// TestLoadNamesBadMetadata: tokenizer metadata that libllama cannot read
+// failed with only "libllama failed (set GGTUNE_LOG=debug ...)", and a
+// head_count of 2^31 with "key length 0 differs from value length 0"; each
+// error now names the key.
+func TestLoadNamesBadMetadata(t *testing.T) {
+	base := fixture.Path(t, "models/stories260K.gguf")
+	for _, tc := range []struct {
+		kv   binding.KV
+		want string
+	}{
+		{binding.KV{Key: "tokenizer.ggml.model", Value: "nonsense"}, `tokenizer.ggml.model is "nonsense", want one of`},
+		{binding.KV{Key: "tokenizer.ggml.model", Value: uint32(3)}, "tokenizer.ggml.model has type u32, want string"},
+		{binding.KV{Key: "tokenizer.ggml.model", Value: "gpt2"}, `"gpt2" without tokenizer.ggml.merges`},
+		{binding.KV{Key: "tokenizer.ggml.bos_token_id", Value: "x"}, "tokenizer.ggml.bos_token_id has type string, want u32"},
+		{binding.KV{Key: "tokenizer.ggml.padding_token_id", Value: int32(-5)}, "tokenizer.ggml.padding_token_id has type i32, want u32"},
+		{binding.KV{Key: "tokenizer.ggml.add_bos_token", Value: uint32(1)}, "tokenizer.ggml.add_bos_token has type u32, want bool"},
+		{binding.KV{Key: "tokenizer.ggml.pre", Value: uint32(1)}, "tokenizer.ggml.pre has type u32, want string"},
+		{binding.KV{Key: "llama.attention.head_count", Value: uint32(1 << 31)}, "llama.attention.head_count 2147483648 does not divide llama.embedding_length 64"},
+		{binding.KV{Key: "llama.attention.key_length", Value: uint32(0)}, "llama.attention.key_length 0: want a positive head size"},
+	} {
+		t.Run(tc.kv.Key, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "m.gguf")
+			require.NoError(t, ggufpatch.Write(base, path, nil, []binding.KV{tc.kv}))
+			m, err := model.Load(path, model.Options{Threads: 1})
+			if err == nil {
+				_, err = m.Tokenizer()
+				m.Close()
+			}
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.want)
+			require.NotContains(t, err.Error(), "libllama failed")
+		})
+	}
 }
 
 func TestTrainableWeights(t *testing.T) {

@@ -8,13 +8,14 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/internal/atomicfile"
+	"github.com/ggtune/ggtune/internal/hfpeft"
 	"github.com/ggtune/ggtune/safetensors"
 )
 
 // PEFT's file names in an adapter directory.
 const (
-	PEFTConfigFile  = "adapter_config.json"
-	PEFTWeightsFile = "adapter_model.safetensors"
+	PEFTConfigFile  = hfpeft.ConfigFile
+	PEFTWeightsFile = hfpeft.WeightsFile
 )
 
 // peftConfig is the subset of PEFT's adapter_config.json that ggtune

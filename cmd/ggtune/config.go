@@ -57,6 +57,11 @@ func applyConfig(cmd *cobra.Command, path string) (map[string]bool, error) {
 			return nil, fail("%v", err)
 		}
 		if f.Changed {
+			// The command line wins, but a bad value in the file is still
+			// an error: check it and put the command line's value back.
+			if err := checkFlag(f, vals); err != nil {
+				return nil, fail("%v (the command line sets --%s, but the file's value must be valid too)", err, name)
+			}
 			continue
 		}
 		if err := setFlag(f, vals); err != nil {
@@ -86,6 +91,25 @@ func yamlValues(v *yaml.Node) ([]string, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("want a value or a list of values")
+}
+
+// checkFlag reports whether f accepts vals without changing its value: it
+// sets them and restores the current value.
+func checkFlag(f *pflag.Flag, vals []string) error {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		cur := sv.GetSlice()
+		err := setFlag(f, vals)
+		if rerr := sv.Replace(cur); rerr != nil {
+			return fmt.Errorf("restoring --%s: %w", f.Name, rerr)
+		}
+		return err
+	}
+	cur := f.Value.String()
+	err := setFlag(f, vals)
+	if rerr := f.Value.Set(cur); rerr != nil {
+		return fmt.Errorf("restoring --%s %q: %w", f.Name, cur, rerr)
+	}
+	return err
 }
 
 // setFlag gives f the values: repeatable flags take each, other flags one

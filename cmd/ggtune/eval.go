@@ -49,7 +49,7 @@ func newEvalCmd() *cobra.Command {
 		if err != nil {
 			return fmt.Errorf("eval: %w: --format: %v", errUsage, err)
 		}
-		o.Pack = !noPack
+		o.Pack, o.Log = !noPack, cmd.ErrOrStderr()
 		o.DataOptions = data.Options{Format: f, Stride: stride, MaskOverlap: stride > 0, TrainOnPrompt: trainOnPrompt,
 			SkipBad: skipBad, ChatTemplate: chatTemplate, MaxBytes: maxDataBytes, MaxLineBytes: maxLineBytes}
 		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)

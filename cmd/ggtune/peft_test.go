@@ -82,3 +82,42 @@ func TestPEFTLoRACLI(t *testing.T) {
 	_, _, err = ggtune(t, "export-peft", "-m", modelPath, "-o", peft)
 	require.ErrorIs(t, err, errUsage)
 }
+
+// TestPEFTDoRAAndIA3CLI round-trips a trained-looking DoRA and IA3 adapter
+// through export-peft and import-peft: the imported GGUF has the same
+// adapter.type and the same tensors bit for bit.
+func TestPEFTDoRAAndIA3CLI(t *testing.T) {
+	files := setup(t)
+	modelPath, dir := files.model, files.dir
+	for _, name := range []string{"dora", "ia3"} {
+		t.Run(name, func(t *testing.T) {
+			in := filepath.Join(dir, name+".gguf")
+			mustGgtune(t, "train", name, "-m", modelPath, "--data", files.train, "-o", in,
+				"--steps", "2", "--ctx", "32", "--batch", "1", "--lr", "0.05", "-t", "2", "--metrics", "none", "--plot", "none")
+			peft := filepath.Join(dir, name+"-peft")
+			out := mustGgtune(t, "export-peft", "--adapter", in, "-m", modelPath, "-o", peft)
+			assert.Contains(t, out, "("+name+")")
+			back := filepath.Join(dir, name+"-back.gguf")
+			out = mustGgtune(t, "import-peft", peft, "-m", modelPath, "-o", back)
+			assert.Contains(t, out, "("+name+", read by ")
+			f1, err := binding.OpenGGUF(in)
+			require.NoError(t, err)
+			defer f1.Close()
+			f2, err := binding.OpenGGUF(back)
+			require.NoError(t, err)
+			defer f2.Close()
+			t1, _ := f1.String("adapter.type")
+			t2, _ := f2.String("adapter.type")
+			assert.Equal(t, name, t2)
+			assert.Equal(t, t1, t2)
+			require.Len(t, f2.Tensors(), len(f1.Tensors()))
+			for _, ti := range f1.Tensors() {
+				want, err := f1.ReadTensor(ti.Name)
+				require.NoError(t, err)
+				got, err := f2.ReadTensor(ti.Name)
+				require.NoError(t, err, ti.Name)
+				require.Equal(t, want, got, ti.Name)
+			}
+		})
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/data"
 	"github.com/ggtune/ggtune/train"
 )
 
@@ -78,6 +79,8 @@ func TestCLIRefusesBadRequests(t *testing.T) {
 	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
 	promptFile := filepath.Join(f.dir, "prompt.txt")
 	require.NoError(t, os.WriteFile(promptFile, []byte("Once"), 0o644))
+	badCfg := filepath.Join(f.dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(badCfg, []byte("lr: 1e-3\nsteps: many\n"), 0o644))
 	trainArgs := func(out string, extra ...string) []string {
 		return append([]string{"train", "lora", "-m", model, "--data", f.train, "-o", out, "--steps", "1", "--ctx", "32", "--batch", "2", "-t", "2"}, extra...)
 	}
@@ -103,7 +106,7 @@ func TestCLIRefusesBadRequests(t *testing.T) {
 		{"merge -o is a symlink to -m", []string{"merge", "-m", model, "--lora", adapter, "-o", link}, "same file as the input -m"},
 		{"merge NaN adapter", []string{"merge", "-m", model, "--lora", nan, "-o", fresh}, "non-finite"},
 		{"merge adapter as base", []string{"merge", "-m", adapter, "--lora", adapter + ":0.5", "-o", fresh}, "this is an adapter"},
-		{"eval NaN loss", []string{"eval", "-m", model, "--data", f.val, "--lora", nan, "--ctx", "32"}, "loss is NaN"},
+		{"eval NaN adapter", []string{"eval", "-m", model, "--data", f.val, "--lora", nan, "--ctx", "32"}, "non-finite"},
 		{"generate adapter as -m", []string{"generate", "-m", adapter, "-n", "1"}, "this file with --lora"},
 		{"generate -t 100000", []string{"generate", "-m", model, "-n", "1", "-t", "100000"}, "threads"},
 		{"train -t 100000", trainArgs(fresh, "-t", "100000"), "threads"},
@@ -115,6 +118,8 @@ func TestCLIRefusesBadRequests(t *testing.T) {
 		{"train unknown method with flags", []string{"train", "qlora", "-m", model}, `unknown method "qlora"`},
 		{"info FIFO", []string{"info", fifo}, "not a regular file"},
 		{"generate -m FIFO", []string{"generate", "-m", fifo}, "not a regular file"},
+		{"config value overridden by a flag", []string{"train", "lora", "-m", model, "--data", f.train, "-o", fresh, "--dry-run", "--config", badCfg, "--steps", "3"},
+			`bad.yaml:2: invalid config file: key "steps"`},
 		{"eval --data /dev/zero", []string{"eval", "-m", model, "--data", "/dev/zero", "--max-data-bytes", "1000000"}, "too large"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,4 +263,28 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestDataDropsReported: records that yield nothing to train were dropped
+// silently; eval and train print the drops by reason, and a file with
+// nothing trainable is an error naming the reasons.
+func TestDataDropsReported(t *testing.T) {
+	f := setup(t)
+	chat := filepath.Join(f.dir, "chat.jsonl")
+	require.NoError(t, os.WriteFile(chat, []byte(strings.Join([]string{
+		`{"messages":[{"role":"user","content":"Once upon a time"},{"role":"assistant","content":"there was a girl."}]}`,
+		`{"messages":[{"role":"human","content":"hi"},{"role":"gpt","content":"hello"}]}`,
+		`{"messages":[{"role":"user","content":"hi"}]}`,
+		`not json`,
+	}, "\n")+"\n"), 0o644))
+	_, stderr, err := ggtune(t, "eval", "-m", f.model, "--data", chat, "--chat-template", "chatml", "--ctx", "64", "--skip-bad", "-t", "2")
+	require.NoError(t, err)
+	assert.Contains(t, stderr, "3 records -> 1 examples")
+	assert.Contains(t, stderr, "dropped 3: 1 malformed, skipped (--skip-bad) (first at "+chat+":4), 1 no assistant turn (first at "+chat+":3), 1 unknown chat role (first at "+chat+":2)")
+
+	none := filepath.Join(f.dir, "none.jsonl")
+	require.NoError(t, os.WriteFile(none, []byte(`{"messages":[{"role":"user","content":"hi"}]}`+"\n"), 0o644))
+	_, _, err = ggtune(t, "train", "lora", "-m", f.model, "--data", none, "--chat-template", "chatml", "-o", filepath.Join(f.dir, "x.gguf"), "--steps", "1", "-t", "2")
+	require.ErrorIs(t, err, data.ErrNoExamples)
+	assert.Contains(t, err.Error(), "nothing trainable in 1 records; dropped 1: 1 no assistant turn")
 }
