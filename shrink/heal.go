@@ -9,6 +9,7 @@ import (
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
 )
 
 // HealRequest is one healing step: train the shrunk model Model (a GGUF
@@ -30,15 +31,19 @@ type Healer interface {
 	Heal(ctx context.Context, req HealRequest) error
 }
 
-// TrainHealer heals by ordinary training (finetune.Run) of the shrunk
-// model: Job is the template (method, data, context, batch, optimizer,
-// steps, ...), whose Model and Output are set per request. A method whose
+// TrainHealer heals by training (finetune.Run) the shrunk model: Job is
+// the template (method, data, context, batch, optimizer, steps, ...), whose
+// Model and Output are set per request. With Distill set, every stage
+// distils from the unshrunk model (HealRequest.Original, computed on the
+// fly) with those loss settings, instead of learning the labels alone.
+// A method whose
 // result is a model (full, head) writes the healed model directly; an
 // adapter (lora, dora, ia3, ...) is merged into the shrunk model with
 // method.Merge, so each stage's result is a plain GGUF (merged quantized
 // weights are re-quantized to their type).
 type TrainHealer struct {
-	Job finetune.Job
+	Job     finetune.Job
+	Distill *train.Distill
 }
 
 // Heal implements Healer.
@@ -59,6 +64,9 @@ func (h TrainHealer) Heal(ctx context.Context, req HealRequest) error {
 	defer os.Remove(j.Train.Checkpoint)
 	j.Train.Overwrite = true
 	j.Train.MetricsPath, j.Train.PlotPath = "", ""
+	if h.Distill != nil {
+		j.Distill = &finetune.Distillation{Teacher: req.Original, Loss: *h.Distill}
+	}
 	if _, err := finetune.Run(ctx, j); err != nil {
 		return fmt.Errorf("heal stage %d (%s, %d steps): %w", req.Stage, j.Method, j.Train.Steps, err)
 	}

@@ -57,7 +57,8 @@ func heldOut(t *testing.T, path, val string) float64 {
 
 // TestShrinkStoriesHeals is the proof of progressive shrinking: stories260K
 // (5 blocks) shrunk to 3 with healing (full fine-tuning on text sampled
-// from the model itself) ends with a held-out loss clearly below that of
+// from the model itself, on its labels or distilling from the unshrunk
+// model) ends with a held-out loss clearly below that of
 // the same 3 blocks without healing and below naively dropping the last two
 // blocks. The output loads in libllama with 3 blocks and the source file is
 // unchanged.
@@ -66,10 +67,16 @@ func TestShrinkStoriesHeals(t *testing.T) {
 	before := fileSum(t, src)
 	trainText, valText := sampled(t, src, 16000, 3000)
 	dir := t.TempDir()
-	for _, imp := range []shrink.Importance{shrink.Influence, shrink.LossIncrease} {
+	kd := train.DefaultDistill()
+	for _, tc := range []struct {
+		imp     shrink.Importance
+		distill *train.Distill
+	}{{shrink.Influence, nil}, {shrink.LossIncrease, &kd}} {
+		imp := tc.imp
 		t.Run(string(imp), func(t *testing.T) {
 			heal := shrink.TrainHealer{Job: finetune.Job{Method: "full", Data: trainText, Context: 64, Batch: 8, Pack: true, Threads: 1, Seed: 1,
-				Train: train.Config{Steps: 40, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Cosine, LR: 2e-3}}}}
+				Train: train.Config{Steps: 40, Optimizer: train.DefaultAdamW(), Schedule: train.LRSchedule{Kind: train.Cosine, LR: 2e-3}}},
+				Distill: tc.distill}
 			out := filepath.Join(dir, string(imp)+".gguf")
 			rep, err := shrink.Run(context.Background(), shrink.Options{Model: src, Output: out, Data: trainText, Val: valText,
 				ToLayers: 3, Importance: imp, Heal: heal, Context: 64, Batch: 8, Threads: 1, Seed: 1, BenchTokens: 64})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,8 @@ type shrinkOpts struct {
 	healSteps                        int
 	healMethod                       string
 	lr                               float64
+	alpha, temperature, beta         float64
+	divergence                       string
 	ctx, batch, threads              int
 	seed                             uint64
 	calibBatches, evalBatches        int
@@ -79,6 +82,11 @@ func newShrinkCmd() *cobra.Command {
 	f.IntVar(&o.healSteps, "heal-steps", 50, "training steps of healing after each stage (0: no healing)")
 	f.StringVar(&o.healMethod, "heal-method", "lora", "healing method: lora (merged back after each stage) or full")
 	f.StringVar(&o.healMethod, "method", "lora", "the same as --heal-method (the flag of train and distill)")
+	kd := train.DefaultDistill()
+	f.Float64Var(&o.alpha, "alpha", kd.Alpha, "healing distils from the original model: weight α of the divergence in (1−α)·CE + α·T²·D (0: the labels alone)")
+	f.Float64Var(&o.temperature, "temperature", kd.Temperature, "distillation temperature T of healing")
+	f.StringVar(&o.divergence, "divergence", string(kd.Divergence), "distillation divergence of healing: kl, reverse-kl or jsd")
+	f.Float64Var(&o.beta, "beta", kd.Beta, "β of --divergence jsd")
 	f.Float64Var(&o.lr, "lr", 0, "healing learning rate (0: the method's default, as in ggtune train)")
 	f.IntVar(&o.ctx, "ctx", 256, "tokens per sequence (T)")
 	f.IntVar(&o.batch, "batch", 4, "sequences per batch (B)")
@@ -112,6 +120,12 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 		return fmt.Errorf("shrink: %w: nothing to do: give --to-layers N and/or --ffn-to N", errUsage)
 	case o.val != "" && cmd.Flags().Changed("val-split"):
 		return fmt.Errorf("shrink: %w: --val and --val-split are exclusive", errUsage)
+	case !(o.alpha >= 0 && o.alpha <= 1):
+		return fmt.Errorf("shrink: %w: --alpha %v (want [0, 1])", errUsage, o.alpha)
+	case !(o.temperature > 0) || math.IsInf(o.temperature, 0):
+		return fmt.Errorf("shrink: %w: --temperature %v (want > 0)", errUsage, o.temperature)
+	case !(o.beta >= 0 && o.beta <= 1):
+		return fmt.Errorf("shrink: %w: --beta %v (want [0, 1])", errUsage, o.beta)
 	case !shrinkHealMethods[o.healMethod]:
 		return fmt.Errorf("shrink: %w: --heal-method %q (want lora or full)", errUsage, o.healMethod)
 	case o.importance != string(shrink.Influence) && o.importance != string(shrink.LossIncrease):
@@ -189,7 +203,15 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 		if lr == 0 {
 			lr = meth.Info().LR
 		}
-		healer = shrink.TrainHealer{Job: finetune.Job{
+		var kd *train.Distill
+		if o.alpha > 0 {
+			div, err := train.ParseDivergence(o.divergence)
+			if err != nil {
+				return fmt.Errorf("shrink: %w: --divergence: %v", errUsage, err)
+			}
+			kd = &train.Distill{Alpha: o.alpha, Temperature: o.temperature, Divergence: div, Beta: o.beta}
+		}
+		healer = shrink.TrainHealer{Distill: kd, Job: finetune.Job{
 			Method: o.healMethod, Data: dataPath, ValSplit: valSplit, Context: o.ctx, Batch: o.batch, Pack: true,
 			Threads: o.threads, Seed: o.seed, DataOptions: dopts, MaxValBatches: o.evalBatches,
 			Train: train.Config{Steps: o.healSteps, Optimizer: train.DefaultAdamW(),
