@@ -61,6 +61,9 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 		return fmt.Errorf("build backward: %d of %d accumulated tensors are not nodes of the graph", len(byPtr)-found, len(byPtr))
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, arr)
+	if err := g.fuseAttention(gradCtx); err != nil {
+		return fmt.Errorf("build backward: %w", err)
+	}
 	g.protectInplaceBackward(gradCtx)
 	return g.rewriteOutProd(gradCtx)
 }

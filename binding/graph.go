@@ -648,6 +648,9 @@ func (g *Graph) BuildBackward(gradCtx *Context) error {
 		return fmt.Errorf("build backward: %w: gradient context has %d bytes free, needs about %d", ErrOutOfMemory, gradCtx.FreeMem(), need)
 	}
 	C.ggml_build_backward_expand(gradCtx.c, g.g, (**C.struct_ggml_tensor)(unsafe.Pointer(nil)))
+	if err := g.fuseAttention(gradCtx); err != nil {
+		return fmt.Errorf("build backward: %w", err)
+	}
 	g.protectInplaceBackward(gradCtx)
 	return g.rewriteOutProd(gradCtx)
 }
