@@ -98,27 +98,12 @@ static inline ggtune_v16 ggtune_vexp(ggtune_v16 x) {
     return (ggtune_v16) ((ggtune_vi16) y & ~under);
 }
 
-static inline float ggtune_hmax(ggtune_v16 v) {
-    float m = v[0];
-    for (int i = 1; i < GGTUNE_VL; i++) {
-        m = v[i] > m ? v[i] : m;
-    }
-    return m;
-}
-
-static inline float ggtune_hsum(ggtune_v16 v) {
-    float s = 0;
-    for (int i = 0; i < GGTUNE_VL; i++) {
-        s += v[i];
-    }
-    return s;
-}
-
-// Micro-kernels of C[M×N] += A[M×kin]·B[kin×N]: A is read one float at a
-// time (any leading dimension lda), B and C are 64-byte aligned with
-// leading dimensions that are multiples of 16 floats, N a multiple of 16.
+// Micro-kernels of C[M×N] += A[M×kin]·B[kin×N]: element (r, k) of A is
+// a[r*ars + k*aks] (read one float at a time, so A may be any strided view,
+// a transposed one included); B and C are 64-byte aligned with leading
+// dimensions that are multiples of 16 floats, N a multiple of 16.
 #define GGTUNE_MK(NV)                                                                                                         \
-    static inline void ggtune_mk4_##NV(float * restrict c, int64_t ldc, const float * restrict a, int64_t lda,              \
+    static inline void ggtune_mk4_##NV(float * restrict c, int64_t ldc, const float * restrict a, int64_t ars, int64_t aks, \
                                        const float * restrict b, int64_t ldb, int64_t kin) {                                \
         ggtune_v16 c0[NV], c1[NV], c2[NV], c3[NV];                                                                          \
         for (int v = 0; v < NV; v++) {                                                                                      \
@@ -129,7 +114,8 @@ static inline float ggtune_hsum(ggtune_v16 v) {
         }                                                                                                                   \
         for (int64_t k = 0; k < kin; k++) {                                                                                 \
             const float * bk = b + k * ldb;                                                                                 \
-            const float a0 = a[k], a1 = a[lda + k], a2 = a[2 * lda + k], a3 = a[3 * lda + k];                               \
+            const float * ak = a + k * aks;                                                                                 \
+            const float a0 = ak[0], a1 = ak[ars], a2 = ak[2 * ars], a3 = ak[3 * ars];                                       \
             for (int v = 0; v < NV; v++) {                                                                                  \
                 const ggtune_v16 bv = *(const ggtune_v16 *) (bk + 16 * v);                                                  \
                 c0[v] += a0 * bv;                                                                                           \
@@ -145,14 +131,14 @@ static inline float ggtune_hsum(ggtune_v16 v) {
             *(ggtune_v16 *) (c + 3 * ldc + 16 * v) = c3[v];                                                                 \
         }                                                                                                                   \
     }                                                                                                                       \
-    static inline void ggtune_mk1_##NV(float * restrict c, const float * restrict a, const float * restrict b, int64_t ldb, \
-                                       int64_t kin) {                                                                       \
+    static inline void ggtune_mk1_##NV(float * restrict c, const float * restrict a, int64_t aks, const float * restrict b, \
+                                       int64_t ldb, int64_t kin) {                                                          \
         ggtune_v16 c0[NV];                                                                                                  \
         for (int v = 0; v < NV; v++) {                                                                                      \
             c0[v] = *(const ggtune_v16 *) (c + 16 * v);                                                                     \
         }                                                                                                                   \
         for (int64_t k = 0; k < kin; k++) {                                                                                 \
-            const float a0 = a[k];                                                                                          \
+            const float a0 = a[k * aks];                                                                                    \
             for (int v = 0; v < NV; v++) {                                                                                  \
                 c0[v] += a0 * *(const ggtune_v16 *) (b + k * ldb + 16 * v);                                                 \
             }                                                                                                               \
@@ -166,28 +152,28 @@ GGTUNE_MK(4)
 GGTUNE_MK(2)
 GGTUNE_MK(1)
 
-static void ggtune_gemm_acc(float * c, int64_t ldc, const float * a, int64_t lda, const float * b, int64_t ldb, int64_t m, int64_t kin,
-                            int64_t n) {
+static void ggtune_gemm_acc(float * c, int64_t ldc, const float * a, int64_t ars, int64_t aks, const float * b, int64_t ldb, int64_t m,
+                            int64_t kin, int64_t n) {
     int64_t r = 0;
     for (; r + 4 <= m; r += 4) {
         int64_t j = 0;
         for (; j + 64 <= n; j += 64) {
-            ggtune_mk4_4(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, kin);
+            ggtune_mk4_4(c + r * ldc + j, ldc, a + r * ars, ars, aks, b + j, ldb, kin);
         }
         for (; j + 32 <= n; j += 32) {
-            ggtune_mk4_2(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, kin);
+            ggtune_mk4_2(c + r * ldc + j, ldc, a + r * ars, ars, aks, b + j, ldb, kin);
         }
         for (; j < n; j += 16) {
-            ggtune_mk4_1(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, kin);
+            ggtune_mk4_1(c + r * ldc + j, ldc, a + r * ars, ars, aks, b + j, ldb, kin);
         }
     }
     for (; r < m; r++) {
         int64_t j = 0;
         for (; j + 64 <= n; j += 64) {
-            ggtune_mk1_4(c + r * ldc + j, a + r * lda, b + j, ldb, kin);
+            ggtune_mk1_4(c + r * ldc + j, a + r * ars, aks, b + j, ldb, kin);
         }
         for (; j < n; j += 16) {
-            ggtune_mk1_1(c + r * ldc + j, a + r * lda, b + j, ldb, kin);
+            ggtune_mk1_1(c + r * ldc + j, a + r * ars, aks, b + j, ldb, kin);
         }
     }
 }
@@ -196,6 +182,7 @@ static void ggtune_gemm_acc(float * c, int64_t ldc, const float * a, int64_t lda
 struct ggtune_shape {
     const struct ggml_tensor *q, *k, *v, *mask;
     int64_t hd, hdv, hdp, hdvp, S, K, H, Hkv, B, grp, nqt, nkt;
+    int64_t ldq, ldk, ldv; // floats between rows (positions)
     float scale;
 };
 
@@ -218,6 +205,9 @@ static struct ggtune_shape ggtune_shape_of(const struct ggml_tensor * dst) {
     s.grp = s.H / s.Hkv;
     s.nqt = (s.S + GGTUNE_BQ - 1) / GGTUNE_BQ;
     s.nkt = (s.K + GGTUNE_BK - 1) / GGTUNE_BK;
+    s.ldq = (int64_t) (s.q->nb[1] / sizeof(float));
+    s.ldk = (int64_t) (s.k->nb[1] / sizeof(float));
+    s.ldv = (int64_t) (s.v->nb[1] / sizeof(float));
     return s;
 }
 
@@ -239,6 +229,10 @@ static const float * ggtune_mrow(const struct ggtune_shape * s, int64_t b, int64
     return (const float *) ((const char *) s->mask->data + i * s->mask->nb[1] + b * s->mask->nb[3]);
 }
 
+static const float * ggtune_grow(const struct ggml_tensor * g, int64_t hh, int64_t i) {
+    return (const float *) ((const char *) g->data + i * g->nb[1] + hh * g->nb[2]);
+}
+
 // ggtune_tile_active reports whether any mask entry of the tile is above -inf.
 static int ggtune_tile_active(const struct ggtune_shape * s, int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk) {
     for (int64_t i = 0; i < nq; i++) {
@@ -252,44 +246,54 @@ static int ggtune_tile_active(const struct ggtune_shape * s, int64_t b, int64_t 
     return 0;
 }
 
-// ggtune_pack_t writes rows [j0, j0+nk) of a [n, rows] matrix (row j at
-// row(j)) transposed into out[n][GGTUNE_BK], zero beyond nk.
-static void ggtune_pack_kt(const struct ggtune_shape * s, int64_t kh, int64_t j0, int64_t nk, int values, float * out) {
-    const int64_t n = values ? s->hdv : s->hd;
+// ggtune_pack_t writes n rows of w floats (row i at row0 + i*ld floats)
+// transposed into out[w][width], zero beyond n.
+static void ggtune_pack_t(const float * row0, int64_t ld, int64_t n, int64_t w, int64_t width, float * out) {
+    for (int64_t d = 0; d < w; d++) {
+        memset(out + d * width + n, 0, (size_t) (width - n) * sizeof(float));
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float * r = row0 + i * ld;
+        for (int64_t d = 0; d < w; d++) {
+            out[d * width + i] = r[d];
+        }
+    }
+}
+
+// ggtune_pack_rows copies n rows of w floats (row i at row0 + i*ld floats)
+// into out[n][ldo], zero-padded to ldo.
+static void ggtune_pack_rows(const float * row0, int64_t ld, int64_t n, int64_t w, int64_t ldo, float * out) {
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(out + i * ldo, row0 + i * ld, (size_t) w * sizeof(float));
+        memset(out + i * ldo + w, 0, (size_t) (ldo - w) * sizeof(float));
+    }
+}
+
+// ggtune_scores_t computes a tile's scaled, masked scores transposed, keys
+// by queries, into st[nk][BQ] (queries past nq are -inf): st = scale·K·Qᵀ +
+// maskᵀ, with qt the tile's queries transposed ([hd][BQ]).
+static void ggtune_scores_t(const struct ggtune_shape * s, int64_t kh, int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+                            const float * qt, float * st) {
+    memset(st, 0, (size_t) nk * GGTUNE_BQ * sizeof(float));
+    ggtune_gemm_acc(st, GGTUNE_BQ, ggtune_krow(s, kh, j0), s->ldk, 1, qt, GGTUNE_BQ, nk, s->hd, ggtune_round16(nq));
     for (int64_t j = 0; j < nk; j++) {
-        const float * r = values ? ggtune_vrow(s, kh, j0 + j) : ggtune_krow(s, kh, j0 + j);
-        for (int64_t d = 0; d < n; d++) {
-            out[d * GGTUNE_BK + j] = r[d];
+        float * r = st + j * GGTUNE_BQ;
+        for (int64_t i = 0; i < nq; i++) {
+            r[i] = r[i] * s->scale + ggtune_mrow(s, b, i0 + i)[j0 + j];
         }
-    }
-    for (int64_t d = 0; d < n; d++) {
-        for (int64_t j = nk; j < GGTUNE_BK; j++) {
-            out[d * GGTUNE_BK + j] = 0;
-        }
-    }
-}
-
-// ggtune_pack_rows copies n rows of w floats (row i at base + i*stride
-// bytes) into out[n][ld], zero-padded to ld.
-static void ggtune_pack_rows(const char * base, size_t stride, int64_t n, int64_t w, int64_t ld, int64_t rows, float * out) {
-    for (int64_t i = 0; i < rows; i++) {
-        float * o = out + i * ld;
-        if (i < n) {
-            memcpy(o, base + (size_t) i * stride, (size_t) w * sizeof(float));
-            memset(o + w, 0, (size_t) (ld - w) * sizeof(float));
-        } else {
-            memset(o, 0, (size_t) ld * sizeof(float));
+        for (int64_t i = nq; i < GGTUNE_BQ; i++) {
+            r[i] = -INFINITY;
         }
     }
 }
 
-// ggtune_scores computes the tile's scaled, masked scores into sc[nq][BK]
-// (keys past nk are -inf): sc = scale·Q·Kᵀ + mask.
+// ggtune_scores computes a tile's scaled, masked scores, queries by keys,
+// into sc[nq][BK] (keys past nk are -inf): sc = scale·Q·Kᵀ + mask, with kt
+// the tile's keys transposed ([hd][BK]).
 static void ggtune_scores(const struct ggtune_shape * s, int64_t hh, int64_t b, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
                           const float * kt, float * sc) {
     memset(sc, 0, (size_t) nq * GGTUNE_BK * sizeof(float));
-    const int64_t nkp = ggtune_round16(nk);
-    ggtune_gemm_acc(sc, GGTUNE_BK, ggtune_qrow(s, hh, i0), (int64_t) (s->q->nb[1] / sizeof(float)), kt, GGTUNE_BK, nq, s->hd, nkp);
+    ggtune_gemm_acc(sc, GGTUNE_BK, ggtune_qrow(s, hh, i0), s->ldq, 1, kt, GGTUNE_BK, nq, s->hd, ggtune_round16(nk));
     for (int64_t i = 0; i < nq; i++) {
         float * r = sc + i * GGTUNE_BK;
         const float * m = ggtune_mrow(s, b, i0 + i) + j0;
@@ -302,26 +306,22 @@ static void ggtune_scores(const struct ggtune_shape * s, int64_t hh, int64_t b, 
     }
 }
 
-// ggtune_probs turns scores into probabilities exp(sc - lse) in place.
-static void ggtune_probs(float * sc, int64_t nq, const float * lse) {
-    for (int64_t i = 0; i < nq; i++) {
-        ggtune_v16 * r = (ggtune_v16 *) (sc + i * GGTUNE_BK);
-        const float l = lse[i];
-        for (int v = 0; v < GGTUNE_BK / GGTUNE_VL; v++) {
-            r[v] = l == INFINITY ? (ggtune_v16){0} : ggtune_vexp(r[v] - l);
-        }
-    }
-}
+#define GGTUNE_QV (GGTUNE_BQ / GGTUNE_VL)
+#define GGTUNE_KV (GGTUNE_BK / GGTUNE_VL)
 
+// ggtune_attn_fwd_op: O = softmax(scale·Q·Kᵀ + mask)·V with an online
+// softmax, parallel over (query head, query tile); also writes the per-row
+// log-sum-exp into src4 (+inf for a row that sees no key). Sources: q, k,
+// v, mask, lse.
 static void ggtune_attn_fwd_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) userdata;
     const struct ggtune_shape s = ggtune_shape_of(dst);
     struct ggml_tensor * lse = dst->src[4];
-    float * kt = ggtune_falloc(s.hd * GGTUNE_BK);
+    float * qt = ggtune_falloc(s.hd * GGTUNE_BQ);
     float * vp = ggtune_falloc(GGTUNE_BK * s.hdvp);
-    float * sc = ggtune_falloc(GGTUNE_BQ * GGTUNE_BK);
+    float * st = ggtune_falloc(GGTUNE_BK * GGTUNE_BQ);
     float * acc = ggtune_falloc(GGTUNE_BQ * s.hdvp);
-    float mx[GGTUNE_BQ], sum[GGTUNE_BQ];
+    ggtune_v16 mx[GGTUNE_QV], sum[GGTUNE_QV];
     const int64_t items = s.H * s.B * s.nqt;
     for (int64_t it = ith; it < items; it += nth) {
         const int64_t hh = it / s.nqt;
@@ -329,67 +329,67 @@ static void ggtune_attn_fwd_op(struct ggml_tensor * dst, int ith, int nth, void 
         const int64_t nq = s.S - i0 < GGTUNE_BQ ? s.S - i0 : GGTUNE_BQ;
         const int64_t b = hh / s.H;
         const int64_t kh = (hh % s.H) / s.grp + s.Hkv * b;
+        ggtune_pack_t(ggtune_qrow(&s, hh, i0), s.ldq, nq, s.hd, GGTUNE_BQ, qt);
         memset(acc, 0, (size_t) (nq * s.hdvp) * sizeof(float));
-        for (int64_t i = 0; i < nq; i++) {
-            mx[i] = -INFINITY;
-            sum[i] = 0;
+        for (int v = 0; v < GGTUNE_QV; v++) {
+            mx[v] = (ggtune_v16){0} - INFINITY;
+            sum[v] = (ggtune_v16){0};
         }
         for (int64_t j0 = 0; j0 < s.K; j0 += GGTUNE_BK) {
             const int64_t nk = s.K - j0 < GGTUNE_BK ? s.K - j0 : GGTUNE_BK;
             if (!ggtune_tile_active(&s, b, i0, nq, j0, nk)) {
                 continue;
             }
-            ggtune_pack_kt(&s, kh, j0, nk, 0, kt);
-            ggtune_scores(&s, hh, b, i0, nq, j0, nk, kt, sc);
+            ggtune_scores_t(&s, kh, b, i0, nq, j0, nk, qt, st);
+            float alpha[GGTUNE_BQ] __attribute__((aligned(64)));
+            for (int v = 0; v < GGTUNE_QV; v++) {
+                ggtune_v16 m = mx[v];
+                for (int64_t j = 0; j < nk; j++) {
+                    const ggtune_v16 x = ((const ggtune_v16 *) (st + j * GGTUNE_BQ))[v];
+                    m = (ggtune_v16) (((ggtune_vi16) m & ~(x > m)) | ((ggtune_vi16) x & (x > m)));
+                }
+                // rows that saw no key yet keep a maximum of -inf: use 0
+                // there, so that exp(-inf - 0) = 0 instead of NaN
+                const ggtune_vi16 none = m == -INFINITY;
+                const ggtune_v16 ms = (ggtune_v16) ((ggtune_vi16) m & ~none);
+                const ggtune_v16 al = ggtune_vexp(mx[v] - ms);
+                ggtune_v16 ssum = {0};
+                for (int64_t j = 0; j < nk; j++) {
+                    ggtune_v16 * x = (ggtune_v16 *) (st + j * GGTUNE_BQ) + v;
+                    *x = ggtune_vexp(*x - ms);
+                    ssum += *x;
+                }
+                sum[v] = sum[v] * al + ssum;
+                mx[v] = m;
+                *(ggtune_v16 *) (alpha + 16 * v) = al;
+            }
             for (int64_t i = 0; i < nq; i++) {
-                ggtune_v16 * r = (ggtune_v16 *) (sc + i * GGTUNE_BK);
-                ggtune_v16 vm = r[0];
-                for (int v = 1; v < GGTUNE_BK / GGTUNE_VL; v++) {
-                    vm = (ggtune_v16) (((ggtune_vi16) vm & ~(r[v] > vm)) | ((ggtune_vi16) r[v] & (r[v] > vm)));
-                }
-                const float m = ggtune_hmax(vm);
-                const float mnew = m > mx[i] ? m : mx[i];
-                if (mnew == -INFINITY) {
-                    for (int v = 0; v < GGTUNE_BK / GGTUNE_VL; v++) {
-                        r[v] = (ggtune_v16){0};
-                    }
-                    continue;
-                }
-                const float alpha = mx[i] == -INFINITY ? 0.0f : expf(mx[i] - mnew);
-                ggtune_v16 vs = {0};
-                for (int v = 0; v < GGTUNE_BK / GGTUNE_VL; v++) {
-                    r[v] = ggtune_vexp(r[v] - mnew);
-                    vs += r[v];
-                }
-                sum[i] = sum[i] * alpha + ggtune_hsum(vs);
-                mx[i] = mnew;
-                if (alpha != 1.0f) {
+                if (alpha[i] != 1.0f) {
                     ggtune_v16 * a = (ggtune_v16 *) (acc + i * s.hdvp);
                     for (int64_t v = 0; v < s.hdvp / GGTUNE_VL; v++) {
-                        a[v] *= alpha;
+                        a[v] *= alpha[i];
                     }
                 }
             }
-            const int64_t nkp = ggtune_round16(nk);
-            const struct ggml_tensor * vv = s.v;
-            const int64_t vb = kh / s.Hkv, vh = kh % s.Hkv;
-            ggtune_pack_rows((const char *) vv->data + j0 * vv->nb[1] + vh * vv->nb[2] + vb * vv->nb[3], vv->nb[1], nk, s.hdv, s.hdvp,
-                             nkp, vp);
-            ggtune_gemm_acc(acc, s.hdvp, sc, GGTUNE_BK, vp, s.hdvp, nq, nkp, s.hdvp);
+            ggtune_pack_rows(ggtune_vrow(&s, kh, j0), s.ldv, nk, s.hdv, s.hdvp, vp);
+            ggtune_gemm_acc(acc, s.hdvp, st, 1, GGTUNE_BQ, vp, s.hdvp, nq, nk, s.hdvp);
         }
+        float mxf[GGTUNE_BQ], sumf[GGTUNE_BQ];
+        memcpy(mxf, mx, sizeof(mxf));
+        memcpy(sumf, sum, sizeof(sumf));
         for (int64_t i = 0; i < nq; i++) {
             float * o = (float *) ((char *) dst->data + (i0 + i) * dst->nb[1] + hh * dst->nb[2]);
             float * l = (float *) ((char *) lse->data + (i0 + i) * lse->nb[0] + hh * lse->nb[1]);
-            const float inv = sum[i] > 0 ? 1.0f / sum[i] : 0.0f;
+            const float inv = sumf[i] > 0 ? 1.0f / sumf[i] : 0.0f;
             for (int64_t d = 0; d < s.hdv; d++) {
                 o[d] = acc[i * s.hdvp + d] * inv;
             }
-            *l = sum[i] > 0 ? mx[i] + logf(sum[i]) : INFINITY;
+            *l = sumf[i] > 0 ? mxf[i] + logf(sumf[i]) : INFINITY;
         }
     }
-    free(kt);
+    free(qt);
     free(vp);
-    free(sc);
+    free(st);
     free(acc);
 }
 
@@ -421,104 +421,91 @@ static void ggtune_attn_dot_op(struct ggml_tensor * dst, int ith, int nth, void 
     }
 }
 
-// ggtune_dscores turns probabilities p (nq rows) into dS = P ∘ (dP - D),
-// where dP = dO·Vᵀ is computed into dp.
-static void ggtune_dscores(const struct ggtune_shape * s, const struct ggml_tensor * g, const float * dd, int64_t hh, int64_t i0,
-                           int64_t nq, int64_t nk, const float * vt, const float * p, float * dp) {
-    memset(dp, 0, (size_t) nq * GGTUNE_BK * sizeof(float));
-    const float * go = (const float *) ((const char *) g->data + i0 * g->nb[1] + hh * g->nb[2]);
-    ggtune_gemm_acc(dp, GGTUNE_BK, go, (int64_t) (g->nb[1] / sizeof(float)), vt, GGTUNE_BK, nq, s->hdv, ggtune_round16(nk));
-    for (int64_t i = 0; i < nq; i++) {
-        ggtune_v16 * r = (ggtune_v16 *) (dp + i * GGTUNE_BK);
-        const ggtune_v16 * pr = (const ggtune_v16 *) (p + i * GGTUNE_BK);
-        const float di = dd[(i0 + i) + hh * s->S];
-        for (int v = 0; v < GGTUNE_BK / GGTUNE_VL; v++) {
-            r[v] = pr[v] * (r[v] - di);
-        }
-    }
-}
-
-static void ggtune_lse_rows(const struct ggml_tensor * lse, int64_t hh, int64_t i0, int64_t nq, float * out) {
-    for (int64_t i = 0; i < nq; i++) {
-        out[i] = *(const float *) ((const char *) lse->data + (i0 + i) * lse->nb[0] + hh * lse->nb[1]);
-    }
+static float ggtune_lse_at(const struct ggml_tensor * lse, int64_t hh, int64_t i) {
+    return *(const float *) ((const char *) lse->data + i * lse->nb[0] + hh * lse->nb[1]);
 }
 
 // ggtune_attn_dq_op: dQ = scale · Σ_tiles dS·K, parallel over (query head,
-// query tile). Sources: q, k, v, mask, lse, dO, D.
+// query tile), in the transposed layout (keys by queries): Pᵀ = exp(Sᵀ -
+// L), dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - D), dQᵀ += Kᵀ·dSᵀ. Sources: q, k, v,
+// mask, lse, dO, D.
 static void ggtune_attn_dq_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) userdata;
     const struct ggtune_shape s = ggtune_shape_of(dst);
     const struct ggml_tensor * lse = dst->src[4];
     const struct ggml_tensor * g = dst->src[5];
     const float * dd = (const float *) dst->src[6]->data;
-    float * kt = ggtune_falloc(s.hd * GGTUNE_BK);
-    float * vt = ggtune_falloc(s.hdv * GGTUNE_BK);
-    float * kp = ggtune_falloc(GGTUNE_BK * s.hdp);
-    float * p = ggtune_falloc(GGTUNE_BQ * GGTUNE_BK);
-    float * dp = ggtune_falloc(GGTUNE_BQ * GGTUNE_BK);
-    float * acc = ggtune_falloc(GGTUNE_BQ * s.hdp);
-    float l[GGTUNE_BQ];
+    float * qt = ggtune_falloc(s.hd * GGTUNE_BQ);
+    float * gt = ggtune_falloc(s.hdv * GGTUNE_BQ);
+    float * st = ggtune_falloc(GGTUNE_BK * GGTUNE_BQ);
+    float * dpt = ggtune_falloc(GGTUNE_BK * GGTUNE_BQ);
+    float * dqt = ggtune_falloc(s.hd * GGTUNE_BQ);
+    float lv[GGTUNE_BQ] __attribute__((aligned(64)));
+    float dv[GGTUNE_BQ] __attribute__((aligned(64)));
     const int64_t items = s.H * s.B * s.nqt;
     for (int64_t it = ith; it < items; it += nth) {
         const int64_t hh = it / s.nqt;
         const int64_t i0 = (it % s.nqt) * GGTUNE_BQ;
         const int64_t nq = s.S - i0 < GGTUNE_BQ ? s.S - i0 : GGTUNE_BQ;
+        const int64_t nqp = ggtune_round16(nq);
         const int64_t b = hh / s.H;
         const int64_t kh = (hh % s.H) / s.grp + s.Hkv * b;
-        ggtune_lse_rows(lse, hh, i0, nq, l);
-        memset(acc, 0, (size_t) (nq * s.hdp) * sizeof(float));
+        ggtune_pack_t(ggtune_qrow(&s, hh, i0), s.ldq, nq, s.hd, GGTUNE_BQ, qt);
+        ggtune_pack_t(ggtune_grow(g, hh, i0), (int64_t) (g->nb[1] / sizeof(float)), nq, s.hdv, GGTUNE_BQ, gt);
+        for (int64_t i = 0; i < GGTUNE_BQ; i++) {
+            lv[i] = i < nq ? ggtune_lse_at(lse, hh, i0 + i) : INFINITY;
+            dv[i] = i < nq ? dd[(i0 + i) + hh * s.S] : 0.0f;
+        }
+        memset(dqt, 0, (size_t) (s.hd * GGTUNE_BQ) * sizeof(float));
         for (int64_t j0 = 0; j0 < s.K; j0 += GGTUNE_BK) {
             const int64_t nk = s.K - j0 < GGTUNE_BK ? s.K - j0 : GGTUNE_BK;
             if (!ggtune_tile_active(&s, b, i0, nq, j0, nk)) {
                 continue;
             }
-            const int64_t nkp = ggtune_round16(nk);
-            ggtune_pack_kt(&s, kh, j0, nk, 0, kt);
-            ggtune_pack_kt(&s, kh, j0, nk, 1, vt);
-            ggtune_scores(&s, hh, b, i0, nq, j0, nk, kt, p);
-            ggtune_probs(p, nq, l);
-            ggtune_dscores(&s, g, dd, hh, i0, nq, nk, vt, p, dp);
-            ggtune_pack_rows((const char *) s.k->data + j0 * s.k->nb[1] + kh * s.k->nb[2], s.k->nb[1], nk, s.hd, s.hdp, nkp, kp);
-            ggtune_gemm_acc(acc, s.hdp, dp, GGTUNE_BK, kp, s.hdp, nq, nkp, s.hdp);
+            ggtune_scores_t(&s, kh, b, i0, nq, j0, nk, qt, st);
+            memset(dpt, 0, (size_t) (nk * GGTUNE_BQ) * sizeof(float));
+            ggtune_gemm_acc(dpt, GGTUNE_BQ, ggtune_vrow(&s, kh, j0), s.ldv, 1, gt, GGTUNE_BQ, nk, s.hdv, nqp);
+            for (int64_t j = 0; j < nk; j++) {
+                ggtune_v16 * p = (ggtune_v16 *) (st + j * GGTUNE_BQ);
+                ggtune_v16 * d = (ggtune_v16 *) (dpt + j * GGTUNE_BQ);
+                for (int v = 0; v < GGTUNE_QV; v++) {
+                    // scores - (+inf) is -inf: no probability for rows
+                    // that see no key
+                    const ggtune_v16 pv = ggtune_vexp(p[v] - ((const ggtune_v16 *) lv)[v]);
+                    d[v] = pv * (d[v] - ((const ggtune_v16 *) dv)[v]);
+                }
+            }
+            ggtune_gemm_acc(dqt, GGTUNE_BQ, ggtune_krow(&s, kh, j0), 1, s.ldk, dpt, GGTUNE_BQ, s.hd, nk, nqp);
         }
         for (int64_t i = 0; i < nq; i++) {
             float * o = (float *) ((char *) dst->data + (i0 + i) * dst->nb[1] + hh * dst->nb[2]);
             for (int64_t d = 0; d < s.hd; d++) {
-                o[d] = acc[i * s.hdp + d] * s.scale;
+                o[d] = dqt[d * GGTUNE_BQ + i] * s.scale;
             }
         }
     }
-    free(kt);
-    free(vt);
-    free(kp);
-    free(p);
-    free(dp);
-    free(acc);
-}
-
-// ggtune_transpose_tile writes the nq×nk tile a (leading dimension BK)
-// transposed into out[nk][nq].
-static void ggtune_transpose_tile(const float * a, int64_t nq, int64_t nk, float * out) {
-    for (int64_t i = 0; i < nq; i++) {
-        for (int64_t j = 0; j < nk; j++) {
-            out[j * nq + i] = a[i * GGTUNE_BK + j];
-        }
-    }
+    free(qt);
+    free(gt);
+    free(st);
+    free(dpt);
+    free(dqt);
 }
 
 // ggtune_attn_dkv_op: dV = Σ Pᵀ·dO and dK = scale · Σ dSᵀ·Q, parallel over
-// (key head, key tile), each summing over the query heads of its group.
-// Sources: q, k, v, mask, lse, dO, D and optionally (GGTUNE_EXTRA) the
-// tensor that receives the output dst does not hold: dst is dK ([hd, K,
-// Hkv*B]) with GGTUNE_DST_DK, else dVᵀ ([K, hdv, Hkv*B], the gradient of
-// the plain graph's transposed values).
+// (key head, key tile), each summing over the query heads of its group and
+// the query tiles that see the key tile; dVᵀ += dOᵀ·P and dKᵀ += Qᵀ·dS read
+// dO and Q in place as transposed operands. Sources: q, k, v, mask, lse,
+// dO, D and optionally (GGTUNE_EXTRA) the tensor that receives the output
+// dst does not hold: dst is dK ([hd, K, Hkv*B]) with GGTUNE_DST_DK, else
+// dVᵀ ([K, hdv, Hkv*B], the gradient of the plain graph's transposed
+// values).
 static void ggtune_attn_dkv_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) userdata;
     const struct ggtune_shape s = ggtune_shape_of(dst);
     const int32_t flags = dst->op_params[GGTUNE_P_FLAGS];
     const struct ggml_tensor * lse = dst->src[4];
     const struct ggml_tensor * g = dst->src[5];
+    const int64_t ldg = (int64_t) (g->nb[1] / sizeof(float));
     const float * dd = (const float *) dst->src[6]->data;
     struct ggml_tensor * dk = (flags & GGTUNE_DST_DK) ? dst : ((flags & GGTUNE_EXTRA) ? dst->src[7] : NULL);
     struct ggml_tensor * dv = !(flags & GGTUNE_DST_DK) ? dst : ((flags & GGTUNE_EXTRA) ? dst->src[7] : NULL);
@@ -526,22 +513,19 @@ static void ggtune_attn_dkv_op(struct ggml_tensor * dst, int ith, int nth, void 
     float * vt = ggtune_falloc(s.hdv * GGTUNE_BK);
     float * p = ggtune_falloc(GGTUNE_BQ * GGTUNE_BK);
     float * dp = ggtune_falloc(GGTUNE_BQ * GGTUNE_BK);
-    float * tt = ggtune_falloc(GGTUNE_BK * GGTUNE_BQ);
-    float * qp = ggtune_falloc(GGTUNE_BQ * s.hdp);
-    float * gp = ggtune_falloc(GGTUNE_BQ * s.hdvp);
-    float * dka = ggtune_falloc(GGTUNE_BK * s.hdp);
-    float * dva = ggtune_falloc(GGTUNE_BK * s.hdvp);
-    float l[GGTUNE_BQ];
+    float * dkt = ggtune_falloc(s.hd * GGTUNE_BK);
+    float * dvt = ggtune_falloc(s.hdv * GGTUNE_BK);
     const int64_t items = s.Hkv * s.B * s.nkt;
     for (int64_t it = ith; it < items; it += nth) {
         const int64_t kh = it / s.nkt;
         const int64_t j0 = (it % s.nkt) * GGTUNE_BK;
         const int64_t nk = s.K - j0 < GGTUNE_BK ? s.K - j0 : GGTUNE_BK;
+        const int64_t nkp = ggtune_round16(nk);
         const int64_t b = kh / s.Hkv;
-        memset(dka, 0, (size_t) (nk * s.hdp) * sizeof(float));
-        memset(dva, 0, (size_t) (nk * s.hdvp) * sizeof(float));
-        ggtune_pack_kt(&s, kh, j0, nk, 0, kt);
-        ggtune_pack_kt(&s, kh, j0, nk, 1, vt);
+        memset(dkt, 0, (size_t) (s.hd * GGTUNE_BK) * sizeof(float));
+        memset(dvt, 0, (size_t) (s.hdv * GGTUNE_BK) * sizeof(float));
+        ggtune_pack_t(ggtune_krow(&s, kh, j0), s.ldk, nk, s.hd, GGTUNE_BK, kt);
+        ggtune_pack_t(ggtune_vrow(&s, kh, j0), s.ldv, nk, s.hdv, GGTUNE_BK, vt);
         for (int64_t h = (kh % s.Hkv) * s.grp; h < (kh % s.Hkv + 1) * s.grp; h++) {
             const int64_t hh = h + s.H * b;
             for (int64_t i0 = 0; i0 < s.S; i0 += GGTUNE_BQ) {
@@ -549,32 +533,34 @@ static void ggtune_attn_dkv_op(struct ggml_tensor * dst, int ith, int nth, void 
                 if (!ggtune_tile_active(&s, b, i0, nq, j0, nk)) {
                     continue;
                 }
-                ggtune_lse_rows(lse, hh, i0, nq, l);
                 ggtune_scores(&s, hh, b, i0, nq, j0, nk, kt, p);
-                ggtune_probs(p, nq, l);
-                ggtune_transpose_tile(p, nq, nk, tt);
-                ggtune_pack_rows((const char *) g->data + i0 * g->nb[1] + hh * g->nb[2], g->nb[1], nq, s.hdv, s.hdvp, nq, gp);
-                ggtune_gemm_acc(dva, s.hdvp, tt, nq, gp, s.hdvp, nk, nq, s.hdvp);
-                ggtune_dscores(&s, g, dd, hh, i0, nq, nk, vt, p, dp);
-                ggtune_transpose_tile(dp, nq, nk, tt);
-                ggtune_pack_rows((const char *) s.q->data + i0 * s.q->nb[1] + hh * s.q->nb[2], s.q->nb[1], nq, s.hd, s.hdp, nq, qp);
-                ggtune_gemm_acc(dka, s.hdp, tt, nq, qp, s.hdp, nk, nq, s.hdp);
+                memset(dp, 0, (size_t) nq * GGTUNE_BK * sizeof(float));
+                ggtune_gemm_acc(dp, GGTUNE_BK, ggtune_grow(g, hh, i0), ldg, 1, vt, GGTUNE_BK, nq, s.hdv, nkp);
+                for (int64_t i = 0; i < nq; i++) {
+                    ggtune_v16 * pr = (ggtune_v16 *) (p + i * GGTUNE_BK);
+                    ggtune_v16 * dr = (ggtune_v16 *) (dp + i * GGTUNE_BK);
+                    const float l = ggtune_lse_at(lse, hh, i0 + i);
+                    const float di = dd[(i0 + i) + hh * s.S];
+                    for (int v = 0; v < GGTUNE_KV; v++) {
+                        pr[v] = ggtune_vexp(pr[v] - l);
+                        dr[v] = pr[v] * (dr[v] - di);
+                    }
+                }
+                ggtune_gemm_acc(dvt, GGTUNE_BK, ggtune_grow(g, hh, i0), 1, ldg, p, GGTUNE_BK, s.hdv, nq, nkp);
+                ggtune_gemm_acc(dkt, GGTUNE_BK, ggtune_qrow(&s, hh, i0), 1, s.ldq, dp, GGTUNE_BK, s.hd, nq, nkp);
             }
         }
         if (dk != NULL) {
             for (int64_t j = 0; j < nk; j++) {
                 float * o = (float *) ((char *) dk->data + (j0 + j) * dk->nb[1] + kh * dk->nb[2]);
                 for (int64_t d = 0; d < s.hd; d++) {
-                    o[d] = dka[j * s.hdp + d] * s.scale;
+                    o[d] = dkt[d * GGTUNE_BK + j] * s.scale;
                 }
             }
         }
         if (dv != NULL) {
             for (int64_t d = 0; d < s.hdv; d++) {
-                float * o = (float *) ((char *) dv->data + d * dv->nb[1] + kh * dv->nb[2]) + j0;
-                for (int64_t j = 0; j < nk; j++) {
-                    o[j] = dva[j * s.hdvp + d];
-                }
+                memcpy((float *) ((char *) dv->data + d * dv->nb[1] + kh * dv->nb[2]) + j0, dvt + d * GGTUNE_BK, (size_t) nk * sizeof(float));
             }
         }
     }
@@ -582,11 +568,8 @@ static void ggtune_attn_dkv_op(struct ggml_tensor * dst, int ith, int nth, void 
     free(vt);
     free(p);
     free(dp);
-    free(tt);
-    free(qp);
-    free(gp);
-    free(dka);
-    free(dva);
+    free(dkt);
+    free(dvt);
 }
 
 // ---- graph surgery ----
