@@ -33,8 +33,10 @@ type attention struct {
 // Allocator.Alloc) to run ggtune's fused CPU kernels instead
 // (FlashAttention-2: memory linear in K and S, fully masked tiles skipped),
 // in value and in gradient the same up to rounding; only the CPU backend
-// can run them, so pass fuse only for graphs computed there. A row whose
-// mask is -inf everywhere gives NaN in the plain graph and zeros fused.
+// can run them, so pass fuse only for graphs computed there. The rewrite
+// happens in graphs created in this context (Context.NewGraph), where the
+// attention is recorded. A row whose mask is -inf everywhere gives NaN in
+// the plain graph and zeros fused.
 func (c *Context) Attention(q, k, v, mask *Tensor, scale float32, fuse bool) *Tensor {
 	if !c.ok("attention", q, k, v, mask) {
 		return nil

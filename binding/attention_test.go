@@ -344,3 +344,35 @@ func BenchmarkAttention(b *testing.B) {
 		}
 	}
 }
+
+// TestAttentionBadInput: shapes and types that do not fit are errors
+// naming the operands, not ggml aborts.
+func TestAttentionBadInput(t *testing.T) {
+	cases := []struct {
+		name          string
+		q, k, v, mask [4]int64
+		typ           binding.Type
+	}{
+		{"head dims differ", [4]int64{8, 4, 2, 1}, [4]int64{6, 5, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{5, 4, 1, 1}, binding.TypeF32},
+		{"heads not a multiple", [4]int64{8, 4, 3, 1}, [4]int64{8, 5, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{5, 4, 1, 1}, binding.TypeF32},
+		{"mask too short", [4]int64{8, 4, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{4, 4, 1, 1}, binding.TypeF32},
+		{"values of other positions", [4]int64{8, 4, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{8, 6, 2, 1}, [4]int64{5, 4, 1, 1}, binding.TypeF32},
+		{"batch differs", [4]int64{8, 4, 2, 2}, [4]int64{8, 5, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{5, 4, 1, 2}, binding.TypeF32},
+		{"f16 mask", [4]int64{8, 4, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{8, 5, 2, 1}, [4]int64{5, 4, 1, 1}, binding.TypeF16},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, err := binding.NewGraphContext(64, 64, false)
+			require.NoError(t, err)
+			defer ctx.Close()
+			q := ctx.NewTensor(binding.TypeF32, tc.q[:]...)
+			k := ctx.NewTensor(binding.TypeF32, tc.k[:]...)
+			v := ctx.NewTensor(binding.TypeF32, tc.v[:]...)
+			m := ctx.NewTensor(tc.typ, tc.mask[:]...)
+			require.NoError(t, ctx.Err())
+			assert.Nil(t, ctx.Attention(q, k, v, m, 1, true))
+			require.Error(t, ctx.Err())
+			assert.Contains(t, ctx.Err().Error(), "attention")
+		})
+	}
+}

@@ -658,8 +658,14 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
     if (n + 3 * n_at > graph->size) {
         return -1;
     }
-    // every new tensor, with the templates of the converted nodes: 9 per attention
-    if (ggml_get_mem_size(ctx) - ggml_used_mem(ctx) < (size_t) (9 * n_at + 4) * (ggml_tensor_overhead() + 64)) {
+    // every new tensor, with the templates of the converted nodes: 9 per
+    // attention, and in a context that allocates, the data of the two
+    // [S, H*B] ones
+    size_t need = (size_t) (9 * n_at + 4) * (ggml_tensor_overhead() + 64);
+    for (int a = 0; a < n_at && !ggml_get_no_alloc(ctx); a++) {
+        need += 2 * (ggml_nbytes(at[a].kqv) / (size_t) at[a].kqv->ne[0] + 64);
+    }
+    if (ggml_get_mem_size(ctx) - ggml_used_mem(ctx) < need) {
         return -1;
     }
     struct ggtune_idx idx;
