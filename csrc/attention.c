@@ -668,7 +668,7 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
     if (ggml_get_mem_size(ctx) - ggml_used_mem(ctx) < need) {
         return -1;
     }
-    struct ggtune_idx idx;
+    struct ggtune_idx idx, live;
     const int cap = n + 3 * n_at;
     int * used = calloc((size_t) n, sizeof(int));
     int * moved = calloc((size_t) n, sizeof(int));
@@ -678,7 +678,12 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
     struct ggml_tensor ** list = malloc((size_t) cap * sizeof(*list));
     int * alive = malloc((size_t) cap * sizeof(int));
     int * root = malloc((size_t) cap * sizeof(int));
-    if (used == NULL || moved == NULL || before == NULL || list == NULL || alive == NULL || root == NULL || !ggtune_idx_init(&idx, cap)) {
+    // both maps are made before the graph changes: no failure after that
+    const int have_idx = ggtune_idx_init(&idx, cap);
+    const int have_live = ggtune_idx_init(&live, cap);
+    if (used == NULL || moved == NULL || before == NULL || list == NULL || alive == NULL || root == NULL || !have_idx || !have_live) {
+        ggtune_idx_free(&idx);
+        ggtune_idx_free(&live);
         free(used);
         free(moved);
         free(before);
@@ -729,9 +734,11 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
         struct ggml_tensor * gq = ggml_graph_get_grad(graph, r->q);
         struct ggml_tensor * gk = ggml_graph_get_grad(graph, r->k);
         struct ggml_tensor * gv = ggml_graph_get_grad(graph, r->vt);
-        gq = ggtune_grad_ok(&idx, gq, r->q) ? gq : NULL;
-        gk = ggtune_grad_ok(&idx, gk, r->k) ? gk : NULL;
-        gv = ggtune_grad_ok(&idx, gv, r->vt) ? gv : NULL;
+        // each must be the MUL_MAT backward's own result (an ADD would also
+        // hold gradients from other consumers, which the kernels drop)
+        gq = ggtune_grad_ok(&idx, gq, r->q) && gq->op == GGML_OP_OUT_PROD ? gq : NULL;
+        gk = ggtune_grad_ok(&idx, gk, r->k) && (gk->op == GGML_OP_OUT_PROD || gk->op == GGML_OP_REPEAT_BACK) ? gk : NULL;
+        gv = ggtune_grad_ok(&idx, gv, r->vt) && (gv->op == GGML_OP_OUT_PROD || gv->op == GGML_OP_REPEAT_BACK) ? gv : NULL;
         // a gradient that exists but does not qualify would keep the plain
         // backward alive: the graph stays correct, only not smaller
         if (gq == NULL && gk == NULL && gv == NULL) {
@@ -775,6 +782,7 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
     }
     if (fused == 0) {
         ggtune_idx_free(&idx);
+        ggtune_idx_free(&live);
         free(used);
         free(moved);
         free(before);
@@ -796,18 +804,8 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
             list[m++] = nodes[i];
         }
     }
-    ggtune_idx_free(&idx);
-    if (!ggtune_idx_init(&idx, m)) {
-        free(used);
-        free(moved);
-        free(before);
-        free(list);
-        free(alive);
-        free(root);
-        return -1;
-    }
     for (int i = 0; i < m; i++) {
-        ggtune_idx_put(&idx, list[i], i);
+        ggtune_idx_put(&live, list[i], i);
         alive[i] = 0;
     }
     for (int i = m - 1; i >= 0; i--) {
@@ -817,12 +815,12 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
         }
         alive[i] = 1;
         for (int j = 0; j < GGML_MAX_SRC; j++) {
-            const int s = ggtune_idx_get(&idx, t->src[j]);
+            const int s = ggtune_idx_get(&live, t->src[j]);
             if (s >= 0) {
                 alive[s] = 1;
             }
         }
-        const int s = ggtune_idx_get(&idx, t->view_src);
+        const int s = ggtune_idx_get(&live, t->view_src);
         if (s >= 0) {
             alive[s] = 1;
         }
@@ -835,6 +833,7 @@ int ggtune_fuse_attention(struct ggml_context * ctx, struct ggml_cgraph * graph,
     }
     graph->n_nodes = k;
     ggtune_idx_free(&idx);
+    ggtune_idx_free(&live);
     free(used);
     free(moved);
     free(before);
