@@ -410,10 +410,18 @@ func (b *Backend) NewAllocator() (*Allocator, error) {
 	return out, nil
 }
 
-// Reserve sizes the allocator's buffer for graphs like g.
+// Reserve sizes the allocator's buffer for graphs like g. Like Alloc, it
+// first puts the fused kernels in place of attentions marked for them (see
+// Context.Attention).
 func (a *Allocator) Reserve(g *Graph) error {
 	if a.a == nil {
 		return fmt.Errorf("reserve: %w", ErrClosed)
+	}
+	if g.ctx.c == nil {
+		return fmt.Errorf("reserve graph: graph %w", ErrClosed)
+	}
+	if err := g.fuseAttention(g.ctx); err != nil {
+		return fmt.Errorf("reserve graph: %w", err)
 	}
 	if !C.ggml_gallocr_reserve(a.a, g.g) {
 		return fmt.Errorf("reserve graph: %w", ErrOutOfMemory)
@@ -421,13 +429,18 @@ func (a *Allocator) Reserve(g *Graph) error {
 	return nil
 }
 
-// Alloc allocates the graph's tensors that are not yet allocated.
+// Alloc allocates the graph's tensors that are not yet allocated, after
+// putting the fused kernels in place of the attentions marked for them
+// (see Context.Attention) that are not yet fused.
 func (a *Allocator) Alloc(g *Graph) error {
 	if a.a == nil {
 		return fmt.Errorf("alloc graph: %w", ErrClosed)
 	}
 	if g.ctx.c == nil {
 		return fmt.Errorf("alloc graph: graph %w", ErrClosed)
+	}
+	if err := g.fuseAttention(g.ctx); err != nil {
+		return fmt.Errorf("alloc graph: %w", err)
 	}
 	var fresh []*C.struct_ggml_tensor
 	for _, t := range g.tensors() {

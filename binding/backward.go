@@ -67,11 +67,26 @@ func (g *Graph) BuildBackwardAccumulate(gradCtx *Context, accs map[*Tensor]*Tens
 
 // finishBackward applies ggtune's rewrites to a graph whose first nFwd
 // nodes are the forward pass and the rest the backward pass that ggml just
-// built: activation checkpointing (SetCheckpoints), the in-place
-// workaround, the OUT_PROD rewrite, and the removal of views that the
-// rewrites left unread (which would otherwise keep their sources allocated
-// to the end of the graph).
+// built: the fused attention, activation checkpointing (SetCheckpoints),
+// the in-place workaround, the OUT_PROD rewrite, and the removal of views
+// that the rewrites left unread (which would otherwise keep their sources
+// allocated to the end of the graph).
 func (g *Graph) finishBackward(gradCtx *Context, nFwd int) error {
+	last := C.ggml_graph_node(g.g, C.int(nFwd-1))
+	if err := g.fuseAttention(gradCtx); err != nil {
+		return fmt.Errorf("build backward: %w", err)
+	}
+	// the fusion drops nodes: the forward pass ends at its last node again
+	nFwd = -1
+	for i := 0; i < g.NumNodes(); i++ {
+		if C.ggml_graph_node(g.g, C.int(i)) == last {
+			nFwd = i + 1
+			break
+		}
+	}
+	if nFwd < 0 {
+		return fmt.Errorf("build backward: the forward pass's last node was rewritten away")
+	}
 	if err := g.recompute(gradCtx, nFwd); err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ type Context struct {
 	noAlloc bool
 	size    int64
 	err     error
+	attns   []attention // attentions marked for the fused kernels (see Attention)
 }
 
 // TensorOverhead returns the context memory one tensor's metadata takes.

@@ -118,21 +118,17 @@ func (m *Model) BuildForward(ctx *binding.Context, shape Shape, hooks []Hook) (*
 		// contiguous) shields it from the permutation that follows.
 		return ctx.Reshape(z, x4.Dim(0), x4.Dim(1), K, B)
 	}
+	fuse := m.backend.IsCPU() && !m.plain
 	attend := func(il int, q, k, v *binding.Tensor) *binding.Tensor {
-		q3 := ctx.Reshape(ctx.Cont(ctx.Permute(ctx.Reshape(q, hd, nh, S, B), [4]int{0, 2, 1, 3})), hd, S, nh*B)
+		q4 := ctx.Permute(ctx.Reshape(q, hd, nh, S, B), [4]int{0, 2, 1, 3})
 		k4 := ctx.Reshape(k, hd, nkv, S, B)
 		v4 := ctx.Reshape(v, hdv, nkv, S, B)
 		if P > 0 {
 			k4 = withPrefix(pks[il], k4)
 			v4 = withPrefix(pvs[il], v4)
 		}
-		k3 := ctx.Reshape(ctx.Cont(ctx.Permute(k4, [4]int{0, 2, 1, 3})), hd, K, nkv*B)
-		kq := ctx.MulMat(k3, q3)
-		kq = ctx.SoftMax(ctx.Reshape(kq, K, S, nh, B), f.Mask, cfg.AttnScale)
-		kq = ctx.Reshape(kq, K, S, nh*B)
-		vt := ctx.Reshape(ctx.Cont(ctx.Permute(v4, [4]int{1, 2, 0, 3})), K, hdv, nkv*B)
-		kqv := ctx.MulMat(vt, kq)
-		o := ctx.Cont(ctx.Permute(ctx.Reshape(kqv, hdv, S, nh, B), [4]int{0, 2, 1, 3}))
+		o := ctx.Attention(q4, ctx.Permute(k4, [4]int{0, 2, 1, 3}), ctx.Permute(v4, [4]int{0, 2, 1, 3}), f.Mask, cfg.AttnScale, fuse)
+		o = ctx.Cont(ctx.Permute(o, [4]int{0, 2, 1, 3}))
 		return ctx.Reshape(o, hdv*nh, N)
 	}
 	hidden := b.blocks(x, f.Positions, attend, sel)

@@ -23,6 +23,11 @@ type Options struct {
 	// so that they can be marked as parameters (full or partial fine-tuning).
 	// Others keep their stored type and are never parameters.
 	Trainable func(name string) bool
+	// PlainAttention builds training and evaluation graphs with ggml's plain
+	// soft_max attention even on the CPU backend, where the fused kernels
+	// (memory linear in the context length) are the default; see
+	// binding.Context.Attention.
+	PlainAttention bool
 }
 
 // layerWeights holds one transformer block's tensors (optional ones nil).
@@ -43,6 +48,7 @@ type Model struct {
 	path    string
 	backend *binding.Backend
 	owned   bool
+	plain   bool // plain soft_max attention (Options.PlainAttention)
 
 	ctx       *binding.Context // weights kept in their stored type
 	f32ctx    *binding.Context // weights converted to F32 (trainable, or 1-D weights stored in 16 bits)
@@ -217,6 +223,7 @@ func (m *Model) load(f *binding.GGUFFile, opts Options) error {
 		backend, m.owned = b, true
 	}
 	m.backend = backend
+	m.plain = opts.PlainAttention
 
 	var err error
 	if m.ctx, err = binding.NewContext(int64(nDirect+1)*binding.TensorOverhead()+1024, true); err != nil {
@@ -428,3 +435,8 @@ func (m *Model) Tokenizer() (*Tokenizer, error) {
 	})
 	return m.vocab, m.vocabErr
 }
+
+// SetPlainAttention switches the graphs built later between the fused
+// attention kernels (false, the default on the CPU backend) and ggml's
+// plain soft_max attention (true), as Options.PlainAttention does.
+func (m *Model) SetPlainAttention(plain bool) { m.plain = plain }
