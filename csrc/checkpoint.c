@@ -235,11 +235,29 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
             }
         }
     }
+    // gradients stay: callers read them (Graph.Grad)
+    char * keep = calloc((size_t) (n > 0 ? n : 1), 1);
+    if (keep == NULL) {
+        free(uses);
+        ptrmap_free(&idx);
+        return -1;
+    }
+    if (graph->grads != NULL) {
+        for (size_t h = 0; h < graph->visited_hash_set.size; h++) {
+            if (!ggml_bitset_get(graph->visited_hash_set.used, h)) {
+                continue;
+            }
+            const int k = ptrmap_get(&idx, graph->grads[h]);
+            if (k >= 0) {
+                keep[k] = 1;
+            }
+        }
+    }
     // a view is removed when nothing reads it; its sources may follow
     int removed = 0;
     for (int i = n - 1; i >= 0; i--) {
         struct ggml_tensor * t = nodes[i];
-        if (uses[i] != 0 || !is_view_op(t->op) || t->view_src == NULL || (t->flags & (GGML_TENSOR_FLAG_OUTPUT | GGML_TENSOR_FLAG_LOSS))) {
+        if (uses[i] != 0 || keep[i] || !is_view_op(t->op) || t->view_src == NULL || (t->flags & (GGML_TENSOR_FLAG_OUTPUT | GGML_TENSOR_FLAG_LOSS))) {
             continue;
         }
         uses[i] = -1;
@@ -260,6 +278,7 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
         }
         graph->n_nodes = m;
     }
+    free(keep);
     free(uses);
     ptrmap_free(&idx);
     return removed;

@@ -24,7 +24,8 @@ extern "C" {
 int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int n_fwd, struct ggml_tensor ** bounds, int n_bounds);
 
 // ggtune_prune_views removes from the graph the view nodes (VIEW, RESHAPE,
-// PERMUTE, TRANSPOSE) that no node reads and that are not outputs, such as
+// PERMUTE, TRANSPOSE) that no node reads and that are neither outputs nor
+// gradients (which callers read), such as
 // those that graph rewrites leave behind. Such a view would hold its source
 // in ggml's graph allocator to the end of the graph (the allocator frees a
 // tensor after its views' last readers). It returns the number of nodes
