@@ -91,7 +91,16 @@ func (t *Tensor) SetLoss() error {
 func (t *Tensor) SetInput() *Tensor { C.ggml_set_input(t.t); return t }
 
 // SetOutput marks the tensor as a graph output (never overwritten).
-func (t *Tensor) SetOutput() *Tensor { C.ggml_set_output(t.t); return t }
+//
+// A view's source is marked too: ggml's graph allocator frees (and reuses)
+// the memory under a view once the source's last reader has run, even when
+// the view itself is an output.
+func (t *Tensor) SetOutput() *Tensor {
+	for v := t.t; v != nil; v = v.view_src {
+		C.ggml_set_output(v)
+	}
+	return t
+}
 
 // IsParam reports whether the tensor is a trainable parameter.
 func (t *Tensor) IsParam() bool { return t.t.flags&C.GGML_TENSOR_FLAG_PARAM != 0 }
