@@ -33,6 +33,7 @@ func newBenchCmd() *cobra.Command {
 		asJSON  bool
 		to      trainBenchOpts
 		shapes  []string
+		sweep   string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [-m MODEL ...]",
@@ -46,6 +47,10 @@ func newBenchCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			to.threads = o.threads
+			var err error
+			if to.sweep, err = parseSweep(sweep); err != nil {
+				return err
+			}
 			if doTrain {
 				return benchTrain(out, models, shapes, asJSON, o, to)
 			}
@@ -102,7 +107,7 @@ func newBenchCmd() *cobra.Command {
 	f.IntVar(&to.batch, "batch", 1, "with --train: sequences per step")
 	f.IntVar(&to.steps, "steps", 5, "with --train: optimizer steps per measurement (the first is a warm-up)")
 	f.StringSliceVar(&to.methods, "methods", []string{"lora", "full", "prompt", "prefix"}, "with --train: methods to measure")
-	f.IntSliceVar(&to.sweep, "sweep", []int{128, 256, 512, 1024, 4096}, "with --train: contexts of the LoRA context sweep, each with activation checkpointing on and off (empty: none)")
+	f.StringVar(&sweep, "sweep", "128,256,512,1024,4096", "with --train: contexts of the LoRA context sweep, each with activation checkpointing on and off (\"\": none)")
 	f.StringVar(&to.vocab, "vocab", "", "with --train and no -m: vocabulary GGUF of the 541M shape (default: llama.cpp's deepseek-llm vocabulary from the shared test data when present, else synthetic)")
 	f.IntVar(&to.maxPlainCtx, "sweep-plain-max", 1024, "with --train: longest context of the sweep also measured without activation checkpointing")
 	f.StringSliceVar(&shapes, "shapes", []string{"86M", "541M"}, "with --train and no -m: random model shapes to generate (86M, 541M)")

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -360,4 +361,20 @@ func commitID() string {
 		return strings.TrimSpace(string(out))
 	}
 	return "unknown"
+}
+
+// parseSweep parses --sweep: comma-separated contexts, "" for none.
+func parseSweep(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		c, err := strconv.Atoi(f)
+		if err != nil || c < 2 {
+			return nil, fmt.Errorf("%w: --sweep: context %q (want integers >= 2)", errUsage, f)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
