@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -381,7 +382,9 @@ type trainSummary struct {
 // runTrain runs the job, reporting an interruption with how to resume, and
 // prints the summary.
 func runTrain(cmd *cobra.Command, mi method.Info, job finetune.Job, asJSON bool) error {
-	stderr := cmd.ErrOrStderr()
+	// the interruption notice below and the training progress write from
+	// two goroutines
+	stderr := &syncWriter{w: cmd.ErrOrStderr()}
 	job.Train.Progress = stderr
 	if err := os.MkdirAll(filepath.Dir(job.Output), 0o755); err != nil {
 		return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
@@ -452,4 +455,26 @@ func printSummary(w io.Writer, s trainSummary, mi method.Info) {
 			fmt.Fprintf(w, "      %s: %s\n", p.what, p.path)
 		}
 	}
+}
+
+// syncWriter serializes writes to w from several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// Write implements io.Writer.
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// Fd returns the file descriptor of w when it is a file (so that progress
+// output still finds the terminal), else an invalid one.
+func (s *syncWriter) Fd() uintptr {
+	if f, ok := s.w.(interface{ Fd() uintptr }); ok {
+		return f.Fd()
+	}
+	return ^uintptr(0)
 }
