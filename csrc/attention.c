@@ -24,6 +24,7 @@
 // run on 16-float GCC/Clang vectors, which -march=native maps to AVX-512.
 
 #include "attention.h"
+#include "surgery.h"
 
 #include "ggml-impl.h"
 
@@ -573,51 +574,6 @@ static void ggtune_attn_dkv_op(struct ggml_tensor * dst, int ith, int nth, void 
 }
 
 // ---- graph surgery ----
-
-// A map from tensor pointers to node indices (open addressing).
-struct ggtune_idx {
-    struct ggml_tensor ** keys;
-    int * vals;
-    size_t cap;
-};
-
-static int ggtune_idx_init(struct ggtune_idx * m, int n) {
-    m->cap = 16;
-    while (m->cap < (size_t) n * 2) {
-        m->cap *= 2;
-    }
-    m->keys = calloc(m->cap, sizeof(*m->keys));
-    m->vals = calloc(m->cap, sizeof(*m->vals));
-    return m->keys != NULL && m->vals != NULL;
-}
-
-static void ggtune_idx_free(struct ggtune_idx * m) {
-    free(m->keys);
-    free(m->vals);
-}
-
-static size_t ggtune_idx_slot(const struct ggtune_idx * m, const struct ggml_tensor * t) {
-    size_t h = ((uintptr_t) t >> 4) * 0x9E3779B97F4A7C15ull;
-    size_t i = h & (m->cap - 1);
-    while (m->keys[i] != NULL && m->keys[i] != t) {
-        i = (i + 1) & (m->cap - 1);
-    }
-    return i;
-}
-
-static void ggtune_idx_put(struct ggtune_idx * m, struct ggml_tensor * t, int v) {
-    const size_t i = ggtune_idx_slot(m, t);
-    m->keys[i] = t;
-    m->vals[i] = v;
-}
-
-static int ggtune_idx_get(const struct ggtune_idx * m, const struct ggml_tensor * t) {
-    if (t == NULL) {
-        return -1;
-    }
-    const size_t i = ggtune_idx_slot(m, t);
-    return m->keys[i] == t ? m->vals[i] : -1;
-}
 
 // ggtune_make_custom turns the existing node t into a custom op (keeping
 // its shape and storage), like ggml_custom_4d would have built it.

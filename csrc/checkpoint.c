@@ -1,4 +1,5 @@
 #include "checkpoint.h"
+#include "surgery.h"
 
 // ggml's internal header, for the graph's node count (no setter is public)
 #include "ggml-impl.h"
@@ -6,52 +7,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-// ptrmap maps tensor pointers to node indices (open addressing).
-struct ptrmap {
-    const struct ggml_tensor ** keys;
-    int * vals;
-    size_t mask;
-};
-
-static int ptrmap_init(struct ptrmap * m, size_t n) {
-    size_t cap = 16;
-    while (cap < 2 * n) {
-        cap <<= 1;
-    }
-    m->keys = calloc(cap, sizeof(*m->keys));
-    m->vals = malloc(cap * sizeof(*m->vals));
-    m->mask = cap - 1;
-    return m->keys != NULL && m->vals != NULL ? 0 : -1;
-}
-
-static void ptrmap_free(struct ptrmap * m) {
-    free(m->keys);
-    free(m->vals);
-}
-
-static size_t ptrmap_slot(const struct ptrmap * m, const struct ggml_tensor * t) {
-    size_t h = ((uintptr_t) t >> 4) * 0x9e3779b97f4a7c15ull;
-    size_t i = h & m->mask;
-    while (m->keys[i] != NULL && m->keys[i] != t) {
-        i = (i + 1) & m->mask;
-    }
-    return i;
-}
-
-static void ptrmap_put(struct ptrmap * m, const struct ggml_tensor * t, int v) {
-    const size_t i = ptrmap_slot(m, t);
-    m->keys[i] = t;
-    m->vals[i] = v;
-}
-
-static int ptrmap_get(const struct ptrmap * m, const struct ggml_tensor * t) {
-    if (t == NULL) {
-        return -1;
-    }
-    const size_t i = ptrmap_slot(m, t);
-    return m->keys[i] == t ? m->vals[i] : -1;
-}
 
 // clone_node copies node (shape, strides, op and its parameters) into ctx;
 // its sources are mapped by the caller.
@@ -75,7 +30,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
     if (n_bounds < 2 || n_fwd <= 0 || n_fwd > n) {
         return 0;
     }
-    struct ptrmap idx = { 0 };
+    struct ggtune_idx idx = { 0 };
     int * seg = malloc((size_t) n_fwd * sizeof(int));       // segment of each forward node, -1 if none
     char * need = calloc((size_t) n_fwd, 1);                  // cloned
     struct ggml_tensor ** clone = calloc((size_t) n_fwd, sizeof(*clone));
@@ -83,15 +38,15 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
     int * emitted = calloc((size_t) n_bounds, sizeof(int));
     struct ggml_tensor ** list = NULL;
     int result = -1;
-    if (seg == NULL || need == NULL || clone == NULL || bidx == NULL || emitted == NULL || ptrmap_init(&idx, (size_t) n_fwd) != 0) {
+    if (seg == NULL || need == NULL || clone == NULL || bidx == NULL || emitted == NULL || !ggtune_idx_init(&idx, n_fwd)) {
         goto done;
     }
     for (int i = 0; i < n_fwd; i++) {
-        ptrmap_put(&idx, nodes[i], i);
+        ggtune_idx_put(&idx, nodes[i], i);
         seg[i] = -1;
     }
     for (int l = 0; l < n_bounds; l++) {
-        bidx[l] = ptrmap_get(&idx, bounds[l]);
+        bidx[l] = ggtune_idx_get(&idx, bounds[l]);
         if (bidx[l] < 0 || (l > 0 && bidx[l] <= bidx[l - 1])) {
             result = -2;
             goto done;
@@ -103,7 +58,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
             const struct ggml_tensor * t = nodes[i];
             for (int j = -1; j < GGML_MAX_SRC && seg[i] < 0; j++) {
                 const struct ggml_tensor * s = j < 0 ? t->view_src : t->src[j];
-                const int k = ptrmap_get(&idx, s);
+                const int k = ggtune_idx_get(&idx, s);
                 if (k == bidx[l] || (k >= 0 && seg[k] == l)) {
                     seg[i] = l;
                 }
@@ -115,7 +70,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
     for (int i = n_fwd; i < n; i++) {
         for (int j = -1; j < GGML_MAX_SRC; j++) {
             const struct ggml_tensor * s = j < 0 ? nodes[i]->view_src : nodes[i]->src[j];
-            const int k = ptrmap_get(&idx, s);
+            const int k = ggtune_idx_get(&idx, s);
             if (k >= 0 && seg[k] >= 0) {
                 need[k] = 1;
             }
@@ -128,7 +83,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
         count++;
         for (int j = -1; j < GGML_MAX_SRC; j++) {
             const struct ggml_tensor * s = j < 0 ? nodes[i]->view_src : nodes[i]->src[j];
-            const int k = ptrmap_get(&idx, s);
+            const int k = ggtune_idx_get(&idx, s);
             if (k >= 0 && seg[k] == seg[i]) {
                 need[k] = 1;
             }
@@ -141,7 +96,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
     if (n + count > cap || ggml_get_mem_size(ctx) - ggml_used_mem(ctx) < (size_t) count * (ggml_tensor_overhead() + 64)) {
         goto done;
     }
-#define GGTUNE_MAP(s) (ptrmap_get(&idx, (s)) >= 0 && need[ptrmap_get(&idx, (s))] ? clone[ptrmap_get(&idx, (s))] : (s))
+#define GGTUNE_MAP(s) (ggtune_idx_get(&idx, (s)) >= 0 && need[ggtune_idx_get(&idx, (s))] ? clone[ggtune_idx_get(&idx, (s))] : (s))
     for (int i = 0; i < n_fwd; i++) {
         if (!need[i]) {
             continue;
@@ -167,7 +122,7 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
         struct ggml_tensor * t = nodes[i];
         for (int j = -1; j < GGML_MAX_SRC; j++) {
             struct ggml_tensor * s = j < 0 ? t->view_src : t->src[j];
-            const int k = ptrmap_get(&idx, s);
+            const int k = ggtune_idx_get(&idx, s);
             if (k < 0 || !need[k]) {
                 continue;
             }
@@ -189,17 +144,12 @@ int ggtune_recompute(struct ggml_context * ctx, struct ggml_cgraph * graph, int 
         list[m++] = t;
     }
 #undef GGTUNE_MAP
-    // ggtune_set_nodes-like install: the list is at least as long as the graph
-    for (int k = 0; k < m; k++) {
-        if (k < n) {
-            nodes[k] = list[k];
-        } else {
-            ggml_graph_add_node(graph, list[k]);
-        }
-    }
+    // the list is at least as long as the graph
+    ggtune_set_nodes(graph, list, m);
+    list = NULL;
     result = count;
 done:
-    ptrmap_free(&idx);
+    ggtune_idx_free(&idx);
     free(seg);
     free(need);
     free(clone);
@@ -216,20 +166,20 @@ static int is_view_op(enum ggml_op op) {
 int ggtune_prune_views(struct ggml_cgraph * graph) {
     int n = ggml_graph_n_nodes(graph);
     struct ggml_tensor ** nodes = ggml_graph_nodes(graph);
-    struct ptrmap idx = { 0 };
+    struct ggtune_idx idx = { 0 };
     int * uses = malloc((size_t) (n > 0 ? n : 1) * sizeof(int));
-    if (uses == NULL || ptrmap_init(&idx, (size_t) n) != 0) {
+    if (uses == NULL || !ggtune_idx_init(&idx, n)) {
         free(uses);
-        ptrmap_free(&idx);
+        ggtune_idx_free(&idx);
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        ptrmap_put(&idx, nodes[i], i);
+        ggtune_idx_put(&idx, nodes[i], i);
         uses[i] = 0;
     }
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < GGML_MAX_SRC; j++) {
-            const int k = ptrmap_get(&idx, nodes[i]->src[j]);
+            const int k = ggtune_idx_get(&idx, nodes[i]->src[j]);
             if (k >= 0) {
                 uses[k]++;
             }
@@ -239,7 +189,7 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
     char * keep = calloc((size_t) (n > 0 ? n : 1), 1);
     if (keep == NULL) {
         free(uses);
-        ptrmap_free(&idx);
+        ggtune_idx_free(&idx);
         return -1;
     }
     if (graph->grads != NULL) {
@@ -247,7 +197,7 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
             if (!ggml_bitset_get(graph->visited_hash_set.used, h)) {
                 continue;
             }
-            const int k = ptrmap_get(&idx, graph->grads[h]);
+            const int k = ggtune_idx_get(&idx, graph->grads[h]);
             if (k >= 0) {
                 keep[k] = 1;
             }
@@ -263,7 +213,7 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
         uses[i] = -1;
         removed++;
         for (int j = 0; j < GGML_MAX_SRC; j++) {
-            const int k = ptrmap_get(&idx, t->src[j]);
+            const int k = ggtune_idx_get(&idx, t->src[j]);
             if (k >= 0) {
                 uses[k]--;
             }
@@ -280,7 +230,7 @@ int ggtune_prune_views(struct ggml_cgraph * graph) {
     }
     free(keep);
     free(uses);
-    ptrmap_free(&idx);
+    ggtune_idx_free(&idx);
     return removed;
 }
 

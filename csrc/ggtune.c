@@ -1,4 +1,5 @@
 #include "ggtune.h"
+#include "surgery.h"
 
 void ggtune_call_to_float(ggml_to_float_t fn, const void * x, float * y, int64_t n) {
     fn(x, y, n);
@@ -61,20 +62,6 @@ struct ggml_tensor * ggtune_view_f32(struct ggml_context * ctx, struct ggml_tens
 
 #include <stdlib.h>
 
-// ggtune_set_nodes replaces the graph's node list by list[0:m] (m at least
-// the current count, within the graph's size) and frees list.
-static void ggtune_set_nodes(struct ggml_cgraph * graph, struct ggml_tensor ** list, int m) {
-    const int n = ggml_graph_n_nodes(graph);
-    struct ggml_tensor ** nodes = ggml_graph_nodes(graph);
-    for (int k = 0; k < m; k++) {
-        if (k < n) {
-            nodes[k] = list[k];
-        } else {
-            ggml_graph_add_node(graph, list[k]);
-        }
-    }
-    free(list);
-}
 
 // Rows of the source handled together by the transpose kernel: their
 // elements land in adjacent floats of each destination row.
