@@ -106,17 +106,7 @@ func (c *Context) Distill(logits, targets, params *Tensor, teacher DistillTeache
 		return Distillation{}
 	}
 	x.SetName("distill")
-	row := C.size_t(x.Stride(1))
-	view := func(ne0 int64, off int64, name string) *Tensor {
-		if !c.reserve("distill", 0) {
-			return nil
-		}
-		t := c.wrap(C.ggtune_view_f32(c.c, x.t, C.int64_t(ne0), C.int64_t(n), row, C.size_t(off*4)))
-		if t != nil {
-			t.SetName(name)
-		}
-		return t
-	}
+	view := func(ne0, off int64, name string) *Tensor { return c.f32Columns("distill", x, ne0, off, name) }
 	return Distillation{Grad: view(v, 0, "distill_grad"), Loss: view(1, v, "distill_loss"), CE: view(1, v+1, "distill_ce"),
 		Div: view(1, v+2, "distill_div"), Correct: view(1, v+3, "distill_correct")}
 }

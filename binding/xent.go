@@ -45,16 +45,22 @@ func (c *Context) SparseCrossEntropy(logits, targets *Tensor) CrossEntropy {
 		return CrossEntropy{}
 	}
 	x.SetName("xent")
-	row := C.size_t(x.Stride(1))
-	view := func(ne0 int64, off int64, name string) *Tensor {
-		if !c.reserve("sparse_cross_entropy", 0) {
-			return nil
-		}
-		t := c.wrap(C.ggtune_view_f32(c.c, x.t, C.int64_t(ne0), C.int64_t(n), row, C.size_t(off*4)))
-		if t != nil {
-			t.SetName(name)
-		}
-		return t
+	view := func(ne0, off int64, name string) *Tensor {
+		return c.f32Columns("sparse_cross_entropy", x, ne0, off, name)
 	}
 	return CrossEntropy{Grad: view(v, 0, "xent_grad"), Loss: view(1, v, "xent_loss"), Correct: view(1, v+1, "xent_correct")}
+}
+
+// f32Columns views columns [off, off+ne0) of every row of x, the I32-typed
+// output of a fused loss kernel, as F32 [ne0, rows] named name. op names
+// the operation in errors.
+func (c *Context) f32Columns(op string, x *Tensor, ne0, off int64, name string) *Tensor {
+	if !c.reserve(op, 0) {
+		return nil
+	}
+	t := c.wrap(C.ggtune_view_f32(c.c, x.t, C.int64_t(ne0), C.int64_t(x.Dim(1)), C.size_t(x.Stride(1)), C.size_t(off*4)))
+	if t != nil {
+		t.SetName(name)
+	}
+	return t
 }
