@@ -22,6 +22,7 @@ import (
 
 	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/internal/randmodel"
 	ggmethod "github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/prompttune"
@@ -58,12 +59,10 @@ type trainBenchOpts struct {
 }
 
 // defaultBenchVocab returns llama.cpp's 102,400-token deepseek-llm
-// vocabulary from the shared test data ($GGTUNE_TESTDATA or
-// ../shared/testdata) when it is there, else "" (a synthetic vocabulary).
+// vocabulary from the shared test data (fixture.Dir) when it is there, else
+// "" (a synthetic vocabulary).
 func defaultBenchVocab() string {
-	dir := cmp.Or(os.Getenv("GGTUNE_TESTDATA"), filepath.Join("..", "shared", "testdata"))
-	p := filepath.Join(dir, "vocab", "ggml-vocab-deepseek-llm.gguf")
-	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+	if p := filepath.Join(fixture.Dir(), "vocab", "ggml-vocab-deepseek-llm.gguf"); fileExists(p) {
 		return p
 	}
 	return ""
