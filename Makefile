@@ -66,13 +66,26 @@ cuda: deps
 	mkdir -p lib && find $(BACKEND_BUILD)/cuda -name 'libggml-cuda*.so' -exec cp {} lib/ \;
 	@echo "built lib/libggml-cuda.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
 
+# The Vulkan backend. Two gaps of the pinned module's zip are bridged by
+# files of ours (scripts/vulkan): a glslc wrapper that answers CMake's
+# shader-extension probes (the module lacks vulkan-shaders/feature-tests),
+# and a header adding VK_EXT_layer_settings' types to older Vulkan headers
+# (Debian 12's 1.3.239). The build folder and the bridge live in
+# VULKAN_BUILD, outside the checkout by default, so that every clone of the
+# same pin reuses one build.
+VULKAN_BUILD ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ggtune/vulkan-ollama-v0.17.4
 vulkan: deps
 	@command -v cmake >/dev/null || { echo "make vulkan: cmake not found (apt-get install cmake)"; exit 1; }
-	@command -v glslc >/dev/null || { echo "make vulkan: the Vulkan SDK (glslc, libvulkan-dev) was not found"; exit 1; }
-	cmake -S third_party/ollama -B $(BACKEND_BUILD)/vulkan -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(BACKEND_BUILD)/vulkan --target ggml-vulkan --parallel $(JOBS)
-	mkdir -p lib && find $(BACKEND_BUILD)/vulkan -name 'libggml-vulkan*.so' -exec cp {} lib/ \;
-	@echo "built lib/libggml-vulkan.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
+	@command -v glslc >/dev/null || { echo "make vulkan: glslc not found (apt-get install glslc libvulkan-dev)"; exit 1; }
+	@mkdir -p $(VULKAN_BUILD)/bridge/feature-tests $(VULKAN_BUILD)/bridge/include/vulkan
+	@for f in glslc include/vulkan/vulkan.hpp $$(cd scripts/vulkan && ls feature-tests/*.comp); do \
+		cmp -s scripts/vulkan/$$f $(VULKAN_BUILD)/bridge/$$f || cp scripts/vulkan/$$f $(VULKAN_BUILD)/bridge/$$f; done
+	cmake -S $$(readlink -f third_party/ollama) -B $(VULKAN_BUILD)/build -DCMAKE_BUILD_TYPE=Release -DGGML_CCACHE=OFF \
+		-DVulkan_GLSLC_EXECUTABLE=$(VULKAN_BUILD)/bridge/glslc -DCMAKE_CXX_FLAGS=-I$(VULKAN_BUILD)/bridge/include \
+		-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$$ORIGIN'
+	cmake --build $(VULKAN_BUILD)/build --target ggml-vulkan --parallel $(JOBS)
+	mkdir -p lib && cp -L $(VULKAN_BUILD)/build/lib/ollama/libggml-vulkan.so $(VULKAN_BUILD)/build/lib/ollama/libggml-base.so.0 lib/
+	@echo "built lib/libggml-vulkan.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib (see docs/gpu.md)"
 
 clean:
 	rm -rf bin build lib third_party/ollama

@@ -183,10 +183,15 @@ func CPUFeatures() []string {
 // at a time (ggml's CPU backend shares one work buffer between
 // computations), so concurrent calls are serialised by a mutex. Graphs
 // computed concurrently must not share tensors that are written.
+//
+// A backend on a device other than the CPU owns a CPU backend as well: its
+// allocators schedule graphs over both (ggml_backend_sched), each operation
+// on the device when the device supports it and on the CPU otherwise.
 type Backend struct {
 	b    C.ggml_backend_t
 	name string
 	mu   sync.Mutex // held during a graph computation
+	host *Backend   // the CPU fallback of a device backend; nil for the CPU
 }
 
 // MaxThreads is the largest thread count a backend or libllama context
@@ -236,6 +241,14 @@ func NewBackend(name string, threads int) (*Backend, error) {
 		threads = runtime.NumCPU()
 	}
 	C.ggtune_set_n_threads(b, C.int(threads))
+	if C.ggml_backend_dev_type(dev) != C.GGML_BACKEND_DEVICE_TYPE_CPU {
+		host, err := NewBackend("CPU", threads)
+		if err != nil {
+			C.ggml_backend_free(b)
+			return nil, fmt.Errorf("backend %q: CPU fallback: %w", name, err)
+		}
+		be.host = host
+	}
 	setLeakFinalizer(be, (*Backend).Close)
 	return be, nil
 }
@@ -268,6 +281,9 @@ func (b *Backend) SetThreads(n int) error {
 		return fmt.Errorf("set threads: backend %w", ErrClosed)
 	}
 	C.ggtune_set_n_threads(b.b, C.int(n))
+	if b.host != nil {
+		C.ggtune_set_n_threads(b.host.b, C.int(n))
+	}
 	return nil
 }
 
@@ -283,6 +299,7 @@ func (b *Backend) Close() {
 	}
 	C.ggml_backend_free(b.b)
 	b.b = nil
+	b.host.Close()
 	runtime.SetFinalizer(b, nil)
 }
 
@@ -292,7 +309,9 @@ func (b *Backend) Supports(t *Tensor) bool {
 }
 
 // Compute runs the graph on the backend. Every tensor must be allocated in
-// a buffer the backend can use.
+// a buffer the backend can use. A graph that an allocator of a device
+// backend allocated runs through that allocator's scheduler (the device,
+// with the CPU for the operations the device lacks).
 func (b *Backend) Compute(g *Graph) error {
 	if b.b == nil {
 		return fmt.Errorf("compute: backend %w", ErrClosed)
@@ -305,6 +324,15 @@ func (b *Backend) Compute(g *Graph) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if a := g.sched; a != nil {
+		if a.sched == nil || a.graph != g {
+			return fmt.Errorf("compute on %s: %w: the graph's scheduled allocation was released", b.name, ErrNotAllocated)
+		}
+		if st := C.ggml_backend_sched_graph_compute(a.sched, g.g); st != C.GGML_STATUS_SUCCESS {
+			return fmt.Errorf("compute on %s: ggml status %d", b.name, int(st))
+		}
+		return nil
+	}
 	if st := C.ggml_backend_graph_compute(b.b, g.g); st != C.GGML_STATUS_SUCCESS {
 		return fmt.Errorf("compute on %s: ggml status %d", b.name, int(st))
 	}
@@ -381,9 +409,19 @@ func (b *Buffer) Close() {
 }
 
 // Allocator allocates the intermediate tensors of graphs in a buffer of one
-// backend, reusing memory between nodes (ggml's graph allocator).
+// backend, reusing memory between nodes (ggml's graph allocator). The
+// allocator of a device backend schedules each graph over the device and
+// the CPU instead (ggml_backend_sched): an operation the device does not
+// support runs on the CPU, with copies between the two where needed, and
+// Placement reports where each operation went.
 type Allocator struct {
 	a C.ggml_gallocr_t
+	// sched, for a device backend, replaces a (created for the first graph
+	// and again for a larger one); graph is the graph it holds.
+	sched     C.ggml_backend_sched_t
+	schedSize int
+	graph     *Graph
+	be        *Backend
 	// owned are the tensors Alloc placed in the allocator's buffer (only
 	// those in the memory of the graph's own context). Close detaches them,
 	// so that using them afterwards gives ErrNotAllocated instead of
@@ -401,6 +439,11 @@ func (b *Backend) NewAllocator() (*Allocator, error) {
 	if b.b == nil {
 		return nil, fmt.Errorf("new allocator: %w", ErrClosed)
 	}
+	if b.host != nil {
+		out := &Allocator{be: b}
+		setLeakFinalizer(out, (*Allocator).Close)
+		return out, nil
+	}
 	a := C.ggml_gallocr_new(C.ggml_backend_get_default_buffer_type(b.b))
 	if a == nil {
 		return nil, fmt.Errorf("new allocator: %w", ErrOutOfMemory)
@@ -414,7 +457,7 @@ func (b *Backend) NewAllocator() (*Allocator, error) {
 // first puts the fused kernels in place of attentions marked for them (see
 // Context.Attention).
 func (a *Allocator) Reserve(g *Graph) error {
-	if a.a == nil {
+	if a.closed() {
 		return fmt.Errorf("reserve: %w", ErrClosed)
 	}
 	if g.ctx.c == nil {
@@ -422,6 +465,15 @@ func (a *Allocator) Reserve(g *Graph) error {
 	}
 	if err := g.fuseAttention(g.ctx); err != nil {
 		return fmt.Errorf("reserve graph: %w", err)
+	}
+	if a.be != nil {
+		if err := a.ensureSched(g); err != nil {
+			return fmt.Errorf("reserve graph: %w", err)
+		}
+		if !C.ggml_backend_sched_reserve(a.sched, g.g) {
+			return fmt.Errorf("reserve graph on %s: %w", a.be.name, ErrOutOfMemory)
+		}
+		return nil
 	}
 	if !C.ggml_gallocr_reserve(a.a, g.g) {
 		return fmt.Errorf("reserve graph: %w", ErrOutOfMemory)
@@ -433,7 +485,7 @@ func (a *Allocator) Reserve(g *Graph) error {
 // putting the fused kernels in place of the attentions marked for them
 // (see Context.Attention) that are not yet fused.
 func (a *Allocator) Alloc(g *Graph) error {
-	if a.a == nil {
+	if a.closed() {
 		return fmt.Errorf("alloc graph: %w", ErrClosed)
 	}
 	if g.ctx.c == nil {
@@ -448,7 +500,21 @@ func (a *Allocator) Alloc(g *Graph) error {
 			fresh = append(fresh, t)
 		}
 	}
-	if !C.ggml_gallocr_alloc_graph(a.a, g.g) {
+	if a.be != nil {
+		if err := a.ensureSched(g); err != nil {
+			return fmt.Errorf("alloc graph: %w", err)
+		}
+		g.preciseProducts()
+		C.ggml_backend_sched_reset(a.sched)
+		if a.graph != nil && a.graph.sched == a {
+			a.graph.sched = nil
+		}
+		a.graph = nil
+		if !C.ggml_backend_sched_alloc_graph(a.sched, g.g) {
+			return fmt.Errorf("alloc graph on %s: %w", a.be.name, ErrOutOfMemory)
+		}
+		a.graph, g.sched = g, a
+	} else if !C.ggml_gallocr_alloc_graph(a.a, g.g) {
 		return fmt.Errorf("alloc graph: %w", ErrOutOfMemory)
 	}
 	if a.owned == nil {
@@ -467,17 +533,120 @@ func (a *Allocator) Alloc(g *Graph) error {
 	return nil
 }
 
-// BufferSize returns the size of the allocator's buffer.
+// preciseProducts asks for F32 accumulation in every matrix product of
+// the graph (ggml_mul_mat_set_prec). The CPU always accumulates in F32;
+// ggml's default precision lets GPU backends accumulate in F16, which puts
+// 1e-3 relative error into logits and gradients.
+func (g *Graph) preciseProducts() {
+	for i := 0; i < g.NumNodes(); i++ {
+		if n := C.ggml_graph_node(g.g, C.int(i)); n.op == C.GGML_OP_MUL_MAT || n.op == C.GGML_OP_MUL_MAT_ID {
+			C.ggml_mul_mat_set_prec(n, C.GGML_PREC_F32)
+		}
+	}
+}
+
+func (a *Allocator) closed() bool { return a.a == nil && (a.be == nil || a.be.b == nil) }
+
+// ensureSched creates the scheduler of a device allocator, or a larger one
+// when g has more tensors than the current one was made for.
+func (a *Allocator) ensureSched(g *Graph) error {
+	need := g.countTensors() + 64
+	if a.sched != nil && need <= a.schedSize {
+		return nil
+	}
+	if a.be.b == nil || a.be.host.b == nil {
+		return fmt.Errorf("backend %w", ErrClosed)
+	}
+	size := max(need, g.size)
+	a.freeSched()
+	bes := [2]C.ggml_backend_t{a.be.b, a.be.host.b}
+	s := C.ggml_backend_sched_new(&bes[0], nil, 2, C.size_t(size), false, true)
+	if s == nil {
+		return fmt.Errorf("scheduler for %s: %w", a.be.name, ErrOutOfMemory)
+	}
+	a.sched, a.schedSize = s, size
+	return nil
+}
+
+// freeSched frees the scheduler and detaches the graph it held.
+func (a *Allocator) freeSched() {
+	if a.sched == nil {
+		return
+	}
+	if a.graph != nil && a.graph.sched == a {
+		a.graph.sched = nil
+	}
+	a.graph = nil
+	C.ggml_backend_sched_free(a.sched)
+	a.sched = nil
+}
+
+// BufferSize returns the size of the allocator's buffer (for a device
+// allocator, the sum of its compute buffers on the device and the CPU).
 func (a *Allocator) BufferSize() int64 {
+	if a.sched != nil {
+		return a.DeviceBufferSize() + int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.host.b))
+	}
 	if a.a == nil {
 		return 0
 	}
 	return int64(C.ggml_gallocr_get_buffer_size(a.a, 0))
 }
 
+// DeviceBufferSize returns the size of the allocator's compute buffer on
+// its backend's device (BufferSize for the CPU).
+func (a *Allocator) DeviceBufferSize() int64 {
+	if a.sched != nil {
+		return int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.b))
+	}
+	return a.BufferSize()
+}
+
+// Placement says where the operations of the graph that the allocator
+// allocated last run: for each backend, the number of nodes of each
+// operation (views and reshapes, which compute nothing, left out). On the
+// CPU every operation is on the CPU; a device allocator reports the
+// operations that fell back to the CPU under the CPU's name.
+type Placement struct {
+	// Ops maps a backend's name to operation names and their node counts.
+	Ops map[string]map[string]int
+	// Splits is the number of graph pieces run one after the other
+	// (1 when everything runs on one backend).
+	Splits int
+}
+
+// Placement reports where the operations of the last graph run (see
+// [Placement]); the zero Placement before any Alloc.
+func (a *Allocator) Placement() Placement {
+	p := Placement{Ops: map[string]map[string]int{}}
+	g := a.graph
+	if a.sched == nil || g == nil || g.ctx.c == nil {
+		return p
+	}
+	for i := 0; i < g.NumNodes(); i++ {
+		n := C.ggml_graph_node(g.g, C.int(i))
+		switch n.op {
+		case C.GGML_OP_NONE, C.GGML_OP_VIEW, C.GGML_OP_RESHAPE, C.GGML_OP_PERMUTE, C.GGML_OP_TRANSPOSE:
+			continue
+		}
+		be := C.ggml_backend_sched_get_tensor_backend(a.sched, n)
+		name := "?"
+		if be != nil {
+			name = C.GoString(C.ggml_backend_name(be))
+		}
+		op := C.GoString(C.ggml_op_desc(n))
+		if p.Ops[name] == nil {
+			p.Ops[name] = map[string]int{}
+		}
+		p.Ops[name][op]++
+	}
+	p.Splits = int(C.ggml_backend_sched_get_n_splits(a.sched))
+	return p
+}
+
 // Close frees the allocator and its buffer. It is idempotent.
 func (a *Allocator) Close() {
-	if a == nil || a.a == nil {
+	if a == nil || (a.a == nil && a.be == nil) {
 		return
 	}
 	for t, al := range a.owned {
@@ -486,8 +655,12 @@ func (a *Allocator) Close() {
 		}
 	}
 	a.owned = nil
-	C.ggml_gallocr_free(a.a)
-	a.a = nil
+	if a.a != nil {
+		C.ggml_gallocr_free(a.a)
+		a.a = nil
+	}
+	a.freeSched()
+	a.be = nil
 	runtime.SetFinalizer(a, nil)
 }
 

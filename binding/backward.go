@@ -135,7 +135,11 @@ func (g *Graph) rewriteOutProd(gradCtx *Context) error {
 	if limit <= 0 {
 		limit = maxTransposeElems
 	}
-	r := C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit))
+	portable := C.int(0)
+	if g.portable {
+		portable = 1
+	}
+	r := C.ggtune_rewrite_out_prod(gradCtx.c, g.g, C.int64_t(limit), portable)
 	if r < 0 {
 		return fmt.Errorf("build backward: %w: rewriting OUT_PROD", ErrOutOfMemory)
 	}

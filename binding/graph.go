@@ -23,7 +23,19 @@ type Graph struct {
 	// checkpoints are the boundaries of recomputed segments (see
 	// SetCheckpoints).
 	checkpoints []*Tensor
+	// sched is the device allocator whose scheduler holds the graph's
+	// allocation (Backend.Compute runs the graph through it).
+	sched *Allocator
+	// portable restricts backward-pass rewrites to ops every backend has
+	// (see SetPortable).
+	portable bool
 }
+
+// SetPortable makes backward passes built later use only operations that
+// every ggml backend has (ggml's transposes and copies) where ggtune's
+// rewrites would use its own CPU kernels: set it for graphs that run on a
+// device other than the CPU, so that they stay on the device.
+func (g *Graph) SetPortable(portable bool) { g.portable = portable }
 
 // SetPlainOutProd controls how backward passes built later compute the
 // gradients of matrix products. By default ggtune rewrites ggml's 2-D

@@ -20,7 +20,10 @@ type Token = int32
 type ModelParams struct {
 	VocabOnly bool // load only the vocabulary
 	NoMmap    bool // read the file instead of mapping it
-	GPULayers int  // layers to offload to GPU devices (0: CPU only)
+	// GPULayers is the number of layers to offload to the registered GPU
+	// devices (see LoadBackends). 0 keeps libllama on the CPU alone: no
+	// weights, no cache and no operations on a device.
+	GPULayers int
 }
 
 // LlamaModel is a model loaded by libllama. It may be shared by several
@@ -29,6 +32,10 @@ type LlamaModel struct {
 	m    *C.struct_llama_model
 	path string
 }
+
+// cpuOnly is libllama's empty device list (C memory: cgo may not pass Go
+// memory holding a pointer that C keeps).
+var cpuOnly = (*[1]C.ggml_backend_dev_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.ggml_backend_dev_t(nil)))))
 
 // LoadModel loads a GGUF model with libllama.
 func LoadModel(path string, p ModelParams) (*LlamaModel, error) {
@@ -40,6 +47,9 @@ func LoadModel(path string, p ModelParams) (*LlamaModel, error) {
 	mp.vocab_only = C.bool(p.VocabOnly)
 	mp.use_mmap = C.bool(!p.NoMmap)
 	mp.n_gpu_layers = C.int32_t(p.GPULayers)
+	if p.GPULayers == 0 {
+		mp.devices = &cpuOnly[0] // an empty, NULL-terminated device list
+	}
 	cs := C.CString(path)
 	defer freeCString(cs)
 	m := C.llama_model_load_from_file(cs, mp)

@@ -64,3 +64,56 @@ func (c *Context) f32Columns(op string, x *Tensor, ne0, off int64, name string) 
 	}
 	return t
 }
+
+// SparseCrossEntropyOps is [Context.SparseCrossEntropy] built from ggml's
+// own operations, which every backend has (gathers, a softmax, a row
+// scatter), for graphs that run on a device other than the CPU, where
+// ggtune's fused CPU kernel would make the scheduler copy the logits to
+// the host and back. rows holds each position's target, or 0 where no loss
+// is taken (I32 [N]); mask is 1 where a loss is taken and 0 elsewhere (F32
+// [N]). Loss is lse(z) − z[target] with the maximum logit subtracted first
+// (as the fused kernel does); Correct is 1 where the target's logit equals
+// the largest. Grad is a stop-gradient like the fused kernel's: its values
+// pass through a view typed I32, which ggml's backward pass never enters.
+func (c *Context) SparseCrossEntropyOps(logits, rows, mask *Tensor) CrossEntropy {
+	if !c.ok("sparse_cross_entropy", logits, rows, mask) {
+		return CrossEntropy{}
+	}
+	v, n := logits.Dim(0), logits.Dim(1)
+	switch {
+	case logits.Type() != TypeF32 || rows.Type() != TypeI32 || mask.Type() != TypeF32:
+		c.fail("sparse_cross_entropy: %w: logits %v, rows %v, mask %v (want f32, i32, f32)", ErrType, logits.Type(), rows.Type(), mask.Type())
+		return CrossEntropy{}
+	case logits.Dim(2) != 1 || logits.Dim(3) != 1 || !logits.Contiguous() || rows.Elements() != n || mask.Elements() != n ||
+		!rows.Contiguous() || !mask.Contiguous():
+		c.fail("sparse_cross_entropy: %w: logits %v, rows %v, mask %v (want contiguous [V, N], N and N)", ErrShape, logits.Shape(), rows.Shape(), mask.Shape())
+		return CrossEntropy{}
+	}
+	if !c.reserve("sparse_cross_entropy", 4*v*n*4) {
+		return CrossEntropy{}
+	}
+	z3 := c.Reshape(logits, 1, v, n)
+	idx := c.Reshape(rows, 1, n)
+	m := c.Reshape(mask, 1, n)
+	zt := c.Reshape(c.GetRows(z3, idx), 1, n)
+	best := c.Reshape(c.wrap(C.ggml_argmax(c.c, logits.t)), 1, n)
+	zmax := c.Reshape(c.GetRows(z3, best), 1, n)
+	lse := c.Log(c.SumRows(c.Exp(c.Sub(logits, zmax))))
+	loss := c.Mul(c.Sub(lse, c.Sub(zt, zmax)), m)
+	correct := c.Sub(m, c.Mul(m, c.Step(c.Sub(zmax, zt))))
+	pm := c.Mul(c.SoftMax(logits, nil, 1), m)
+	if c.Err() != nil {
+		return CrossEntropy{}
+	}
+	stop := c.wrap(C.ggtune_view_as(c.c, c.wrap(C.ggtune_view_as(c.c, pm.t, C.GGML_TYPE_I32)).t, C.GGML_TYPE_F32))
+	p3 := c.Reshape(stop, 1, v, n)
+	onehot := c.Sub(c.GetRows(p3, idx), c.Reshape(mask, 1, 1, n)) // p[target] − 1 where a loss is taken
+	grad := c.Reshape(c.SetRows(p3, onehot, idx), v, n)
+	if c.Err() != nil {
+		return CrossEntropy{}
+	}
+	grad.SetName("xent_grad")
+	loss.SetName("xent_loss")
+	correct.SetName("xent_correct")
+	return CrossEntropy{Grad: grad, Loss: loss, Correct: correct}
+}

@@ -118,15 +118,38 @@ static int ggtune_is_3d(const struct ggml_tensor * t) {
     return t->ne[3] == 1;
 }
 
+// ggtune_transpose_to appends to list (at *m) the nodes of a contiguous F32
+// transpose of the 2-D or 3-D matrix t and returns it: ggtune's CPU kernel
+// (dequantizing on the fly), or with portable set ggml's own operations,
+// which every backend has (a copy to F32 for a quantized t, then a
+// contiguous copy of its transposed view).
+static struct ggml_tensor * ggtune_transpose_to(struct ggml_context * ctx, struct ggml_tensor * t, int portable, struct ggml_tensor ** list, int * m) {
+    if (!portable) {
+        struct ggml_tensor * r = ggtune_transpose_f32(ctx, t);
+        list[(*m)++] = r;
+        return r;
+    }
+    if (t->type != GGML_TYPE_F32) {
+        t = ggml_cast(ctx, t, GGML_TYPE_F32);
+        list[(*m)++] = t;
+    }
+    struct ggml_tensor * tv = ggml_transpose(ctx, t);
+    list[(*m)++] = tv;
+    struct ggml_tensor * r = ggml_cont(ctx, tv);
+    list[(*m)++] = r;
+    return r;
+}
+
 // ggtune_transposed returns a contiguous F32 transpose of t for the
-// rewrite below, or NULL if t does not qualify.
-static struct ggml_tensor * ggtune_transposed(struct ggml_context * ctx, struct ggml_tensor * t, int64_t max_elems, int * created) {
+// rewrite below (appending the nodes it creates to list), or NULL if t does
+// not qualify.
+static struct ggml_tensor * ggtune_transposed(struct ggml_context * ctx, struct ggml_tensor * t, int64_t max_elems, int portable,
+                                              struct ggml_tensor ** list, int * m) {
     if (!ggtune_is_3d(t)) {
         return NULL;
     }
     if (t->op == GGML_OP_TRANSPOSE && t->src[0] != NULL && t->src[0]->type == GGML_TYPE_F32 && ggml_is_contiguous(t->src[0]) &&
         ggtune_is_3d(t->src[0])) {
-        *created = 0;
         return t->src[0];
     }
     if (ggml_is_transposed(t) || t->nb[0] != ggml_type_size(t->type) || ggml_blck_size(t->type) > t->ne[0] ||
@@ -136,8 +159,10 @@ static struct ggml_tensor * ggtune_transposed(struct ggml_context * ctx, struct 
     if (t->type != GGML_TYPE_F32 && (ggml_get_type_traits(t->type)->to_float == NULL || t->ne[0] % ggml_blck_size(t->type) != 0)) {
         return NULL;
     }
-    *created = 1;
-    return ggtune_transpose_f32(ctx, t);
+    if (portable && t->type != GGML_TYPE_F32 && !ggml_is_contiguous(t)) {
+        return NULL;
+    }
+    return ggtune_transpose_to(ctx, t, portable, list, m);
 }
 
 // ggtune_chunked_input_grad rewrites node = out_prod(a, transpose(g)), with a
@@ -147,7 +172,7 @@ static struct ggml_tensor * ggtune_transposed(struct ggml_context * ctx, struct 
 // the new length of list, or -1 if the graph has no room. Each slice has
 // about slice_elems elements.
 static int ggtune_chunked_input_grad(struct ggml_context * ctx, struct ggml_tensor * node, struct ggml_tensor ** list, int m, int room,
-                                     int64_t slice_elems) {
+                                     int64_t slice_elems, int portable) {
     struct ggml_tensor * a = node->src[0];
     struct ggml_tensor * g = node->src[1]->src[0];
     const int64_t rows = a->ne[1];
@@ -157,7 +182,7 @@ static int ggtune_chunked_input_grad(struct ggml_context * ctx, struct ggml_tens
         per = 16;
     }
     const int64_t nchunks = (rows + per - 1) / per;
-    if (nchunks < 2 || 6 * nchunks > room) {
+    if (nchunks < 2 || 8 * nchunks > room) {
         return -1;
     }
     struct ggml_tensor * acc = NULL;
@@ -165,12 +190,11 @@ static int ggtune_chunked_input_grad(struct ggml_context * ctx, struct ggml_tens
         const int64_t r0 = c * per;
         const int64_t nr = r0 + per <= rows ? per : rows - r0;
         struct ggml_tensor * av = ggml_view_2d(ctx, a, a->ne[0], nr, a->nb[1], (size_t) r0 * a->nb[1]);
-        struct ggml_tensor * at = ggtune_transpose_f32(ctx, av);
+        list[m++] = av;
+        struct ggml_tensor * at = ggtune_transpose_to(ctx, av, portable, list, &m);
         struct ggml_tensor * gv = ggml_view_2d(ctx, g, nr, g->ne[1], g->nb[1], (size_t) r0 * g->nb[0]);
         struct ggml_tensor * gc = ggml_cont(ctx, gv);
         struct ggml_tensor * mm = ggml_mul_mat(ctx, at, gc);
-        list[m++] = av;
-        list[m++] = at;
         list[m++] = gv;
         list[m++] = gc;
         if (c == nchunks - 1) {
@@ -194,7 +218,7 @@ static int ggtune_chunked_input_grad(struct ggml_context * ctx, struct ggml_tens
     return m;
 }
 
-int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems) {
+int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems, int portable) {
     const int n = ggml_graph_n_nodes(graph);
     const int cap = ggml_graph_size(graph);
     struct ggml_tensor ** nodes = ggml_graph_nodes(graph);
@@ -207,28 +231,25 @@ int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * grap
     for (int i = 0; i < n; i++) {
         struct ggml_tensor * node = nodes[i];
         if (node->op == GGML_OP_OUT_PROD && node->type == GGML_TYPE_F32 && ggtune_is_3d(node) && ggtune_is_3d(node->src[0]) &&
-            ggtune_is_3d(node->src[1]) && m + 2 + (n - i) <= cap) {
-            int ca = 0, cb = 0;
-            struct ggml_tensor * a = ggtune_transposed(ctx, node->src[0], max_elems, &ca);
-            struct ggml_tensor * b = a ? ggtune_transposed(ctx, node->src[1], max_elems, &cb) : NULL;
+            ggtune_is_3d(node->src[1]) && m + 8 + (n - i) <= cap) {
+            const int m0 = m;
+            struct ggml_tensor * a = ggtune_transposed(ctx, node->src[0], max_elems, portable, list, &m);
+            struct ggml_tensor * b = a ? ggtune_transposed(ctx, node->src[1], max_elems, portable, list, &m) : NULL;
+            if (b == NULL) {
+                m = m0; // the nodes made for a stay unused
+            }
             if (a == NULL && ggtune_is_3d(node->src[0]) && node->src[0]->ne[2] == 1 && node->src[1]->op == GGML_OP_TRANSPOSE &&
                 node->src[1]->src[0]->type == GGML_TYPE_F32 && ggml_is_contiguous(node->src[1]->src[0]) &&
                 node->src[1]->src[0]->ne[2] == 1 && ggml_nelements(node->src[0]) > max_elems &&
                 node->src[0]->nb[0] == ggml_type_size(node->src[0]->type) && !ggml_is_transposed(node->src[0]) &&
                 (node->src[0]->type == GGML_TYPE_F32 || ggml_get_type_traits(node->src[0]->type)->to_float != NULL)) {
-                const int mm = ggtune_chunked_input_grad(ctx, node, list, m, cap - m - (n - i), max_elems / 4);
+                const int mm = ggtune_chunked_input_grad(ctx, node, list, m, cap - m - (n - i), max_elems / 4, portable);
                 if (mm >= 0) {
                     m = mm;
                     rewritten++;
                 }
             }
             if (a != NULL && b != NULL) {
-                if (ca) {
-                    list[m++] = a;
-                }
-                if (cb) {
-                    list[m++] = b;
-                }
                 node->op = GGML_OP_MUL_MAT;
                 node->src[0] = a;
                 node->src[1] = b;
@@ -283,4 +304,10 @@ int ggtune_protect_inplace(struct ggml_context * ctx, struct ggml_cgraph * graph
     }
     ggtune_set_nodes(graph, list, m);
     return extra;
+}
+
+struct ggml_tensor * ggtune_view_as(struct ggml_context * ctx, struct ggml_tensor * a, enum ggml_type type) {
+    struct ggml_tensor * v = ggml_view_4d(ctx, a, a->ne[0], a->ne[1], a->ne[2], a->ne[3], a->nb[1], a->nb[2], a->nb[3], 0);
+    v->type = type;
+    return v;
 }

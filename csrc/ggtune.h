@@ -42,7 +42,9 @@ struct ggml_tensor * ggtune_transpose_f32(struct ggml_context * ctx, struct ggml
 // larger frozen matrix (a whole embedding) is transposed in slices of
 // max_elems/4 elements whose products are summed. It returns the number of
 // nodes rewritten, or -1 when out of memory.
-int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems);
+int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems, int portable);
+
+struct ggml_tensor * ggtune_view_as(struct ggml_context * ctx, struct ggml_tensor * a, enum ggml_type type);
 
 // ggtune_protect_inplace works around ggml CPU kernels that read a source
 // after writing the destination (RMS_NORM_BACK, SOFT_MAX_BACK): the graph

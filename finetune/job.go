@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
 	"github.com/ggtune/ggtune/binding"
@@ -44,7 +45,10 @@ type Job struct {
 	Batch   int  // sequences per micro batch (B)
 	Pack    bool // pack short examples into full rows
 	Threads int
-	Seed    uint64
+	// Device is the ggml device that trains ("" the CPU; see
+	// model.Options.Device).
+	Device string
+	Seed   uint64
 	// MaxValBatches bounds the validation batches per evaluation (0: all).
 	MaxValBatches int
 
@@ -181,7 +185,7 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := model.Load(j.Model, model.Options{Threads: j.Threads, Trainable: trainable})
+	m, err := model.Load(j.Model, model.Options{Threads: j.Threads, Device: j.Device, Trainable: trainable})
 	if err != nil {
 		return nil, err
 	}
@@ -237,6 +241,7 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 		return nil, err
 	}
 	defer eng.Close()
+	logPlacement(j.Train.Progress, m.Backend(), eng.Placement())
 	dist.report(j.Train.Progress, m, eng)
 	cfg := j.Train
 	res, err := train.Run(ctx, eng, src, valBatches, cfg)
@@ -250,6 +255,43 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 
 // logData prints the data set's summary line (records, examples, drops by
 // reason) to w, if any.
+// logPlacement prints where the operations of the training graph run on a
+// device other than the CPU: how many on the device, and which fell back
+// to the CPU.
+func logPlacement(w io.Writer, be *binding.Backend, p binding.Placement) {
+	if w == nil || be.IsCPU() {
+		return
+	}
+	fmt.Fprintln(w, PlacementSummary(be.Name(), p))
+}
+
+// PlacementSummary describes a device graph's placement in one line:
+// "training graph on Vulkan0: 1754 ops in 3 splits; on the CPU: none".
+func PlacementSummary(device string, p binding.Placement) string {
+	count := func(ops map[string]int) int {
+		n := 0
+		for _, c := range ops {
+			n += c
+		}
+		return n
+	}
+	var fell []string
+	for be, ops := range p.Ops {
+		if be == device {
+			continue
+		}
+		for op, c := range ops {
+			fell = append(fell, fmt.Sprintf("%s×%d", op, c))
+		}
+	}
+	sort.Strings(fell)
+	cpu := "none"
+	if len(fell) > 0 {
+		cpu = strings.Join(fell, ", ")
+	}
+	return fmt.Sprintf("training graph on %s: %d ops in %d splits; on the CPU: %s", device, count(p.Ops[device]), p.Splits, cpu)
+}
+
 func logData(w io.Writer, ds *data.Dataset) {
 	if w != nil {
 		fmt.Fprintln(w, ds.Summary())

@@ -107,12 +107,13 @@ func (m *Model) BuildForward(ctx *binding.Context, shape Shape, hooks []Hook) (*
 
 	hd, hdv, nh, nkv := int64(cfg.HeadDim), int64(cfg.HeadDimV), int64(cfg.NHead), int64(cfg.NHeadKV)
 	withPrefix := func(p, x4 *binding.Tensor) *binding.Tensor {
-		z := b.Zeros(x4.Dim(0), x4.Dim(1), K, B)
-		p = ctx.Cont(p)
-		for r := int64(0); r < B; r++ {
-			z = ctx.Acc(z, p, z.Stride(1), z.Stride(2), z.Stride(3), r*z.Stride(3))
-		}
-		z = ctx.Acc(z, x4, z.Stride(1), z.Stride(2), z.Stride(3), P*z.Stride(2))
+		// Heads and head dimension merged, so that the copies are 3-D:
+		// Vulkan's ACC at this pin handles no fourth dimension.
+		w := x4.Dim(0) * x4.Dim(1)
+		z := b.Zeros(w, K, B)
+		like := ctx.View(z, []int64{w, P, B}, []int64{z.Stride(1), z.Stride(2)}, 0)
+		z = ctx.Acc(z, ctx.Repeat(ctx.Reshape(ctx.Cont(p), w, P, 1), like), z.Stride(1), z.Stride(2), z.Stride(3), 0)
+		z = ctx.Acc(z, ctx.Reshape(x4, w, x4.Dim(2), B), z.Stride(1), z.Stride(2), z.Stride(3), P*z.Stride(1))
 		// ggml's ACC backward reads its gradient with the forward strides, so
 		// it must be contiguous: a reshape (whose backward makes its gradient
 		// contiguous) shields it from the permutation that follows.

@@ -11,9 +11,14 @@ import (
 
 // Options configure [Load].
 type Options struct {
-	// Backend runs the model's graphs; nil creates a CPU backend with
-	// Threads threads that the model owns.
+	// Backend runs the model's graphs; nil creates a backend for Device
+	// with Threads threads that the model owns.
 	Backend *binding.Backend
+	// Device names the ggml device (as binding.Devices lists it, e.g.
+	// "Vulkan0" or "CUDA0") that holds the weights and runs the graphs when
+	// Backend is nil; "" is the CPU. The CPU runs the operations the
+	// device does not support.
+	Device string
 	// Threads for the CPU backend (0: all CPUs).
 	Threads int
 	// NoMmap reads the weights into backend memory instead of mapping the
@@ -216,7 +221,11 @@ func (m *Model) load(f *binding.GGUFFile, opts Options) error {
 
 	backend := opts.Backend
 	if backend == nil {
-		b, err := binding.NewCPUBackend(opts.Threads)
+		dev := opts.Device
+		if dev == "" {
+			dev = "CPU"
+		}
+		b, err := binding.NewBackend(dev, opts.Threads)
 		if err != nil {
 			return err
 		}

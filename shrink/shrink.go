@@ -82,7 +82,10 @@ type Options struct {
 	EvalBatches    int // held-out batches for loss and KL (0: 8)
 	DataOptions    data.Options
 	Threads        int
-	Seed           uint64
+	// Device is the ggml device that measures and heals ("" the CPU;
+	// see model.Options.Device).
+	Device string
+	Seed   uint64
 	// BenchTokens is the prompt length of the libllama prompt-eval speed
 	// measured at each stage (0: not measured).
 	BenchTokens int
@@ -166,7 +169,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
-	orig, err := model.Load(o.Model, model.Options{Threads: o.Threads})
+	orig, err := model.Load(o.Model, model.Options{Threads: o.Threads, Device: o.Device})
 	if err != nil {
 		return nil, err
 	}
@@ -278,7 +281,7 @@ func (s *shrinker) logf(format string, args ...any) {
 // removes the least important block, or narrows the FFNs once the block
 // count is reached, heals, measures and returns the new file.
 func (s *shrinker) step(ctx context.Context, cur string, n int, st *Stage) (string, error) {
-	m, err := model.Load(cur, model.Options{Threads: s.o.Threads})
+	m, err := model.Load(cur, model.Options{Threads: s.o.Threads, Device: s.o.Device})
 	if err != nil {
 		return "", err
 	}
@@ -390,7 +393,7 @@ func (s *shrinker) measure(path string, st *Stage, full bool) error {
 		return fmt.Errorf("shrink: %w", err)
 	}
 	st.FileBytes = fi.Size()
-	m, err := model.Load(path, model.Options{Threads: s.o.Threads})
+	m, err := model.Load(path, model.Options{Threads: s.o.Threads, Device: s.o.Device})
 	if err != nil {
 		return err
 	}

@@ -204,6 +204,14 @@ func (e *Engine) lossChunk(ctx *binding.Context, in *lossInputs, logits *binding
 		tc = ctx.View(in.targets, []int64{m}, nil, c0*4)
 	}
 	di := in.distill
+	if di == nil && in.rows != nil {
+		rows, mask := in.rows, in.mask
+		if m != int64(e.b*e.t) {
+			rows, mask = ctx.View(rows, []int64{m}, nil, c0*4), ctx.View(mask, []int64{m}, nil, c0*4)
+		}
+		ce := ctx.SparseCrossEntropyOps(logits, rows, mask)
+		return chunkLoss{grad: ce.Grad, loss: ce.Loss, correct: ce.Correct}
+	}
 	if di == nil {
 		ce := ctx.SparseCrossEntropy(logits, tc)
 		return chunkLoss{grad: ce.Grad, loss: ce.Loss, correct: ce.Correct}

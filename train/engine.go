@@ -199,6 +199,9 @@ type Engine struct {
 // labels, and the accuracy counted in the graph.
 type lossInputs struct {
 	targets *binding.Tensor // I32 [B*T], -1 where no loss is taken
+	// rows and mask replace targets on a device backend (the loss from
+	// ggml's own operations): the target or 0, and 1 where a loss is taken.
+	rows, mask *binding.Tensor
 	lossSum *binding.Tensor // Σ loss over the loss tokens
 	correct *binding.Tensor // loss tokens whose argmax is the target
 	divSum  *binding.Tensor // Σ divergence from the teacher (distillation)
@@ -309,6 +312,10 @@ func NewEngine(builder Builder, groups []Group, backend *binding.Backend, b, t i
 	return e, nil
 }
 
+// portable reports whether the engine's graphs run on a device other than
+// the CPU, and so are built from operations every backend has.
+func (e *Engine) portable() bool { return !e.backend.IsCPU() }
+
 func (e *Engine) initState() error {
 	for _, p := range e.params {
 		if p.Type() != binding.TypeF32 || !p.IsParam() || !p.Allocated() {
@@ -350,6 +357,15 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 		return in
 	}
 	in.targets.SetName("targets").SetInput()
+	if e.portable() && e.distill == nil {
+		in.rows = ctx.NewTensor(binding.TypeI32, n)
+		in.mask = ctx.NewTensor(binding.TypeF32, n)
+		if ctx.Err() != nil {
+			return in
+		}
+		in.rows.SetName("target_rows").SetInput()
+		in.mask.SetName("target_mask").SetInput()
+	}
 	if e.distill != nil {
 		if err := e.buildTeacher(ctx, &in); err != nil {
 			ctx.Fail(err)
@@ -437,6 +453,7 @@ func (e *Engine) buildTrain(builder Builder) error {
 	if e.trainGraph, err = ctx.NewGraph(size, true); err != nil {
 		return fmt.Errorf("new engine: %w", err)
 	}
+	e.trainGraph.SetPortable(e.portable())
 	for _, t := range e.trainIn.order {
 		if err := e.trainGraph.BuildForward(t); err != nil {
 			return fmt.Errorf("new engine: %w", err)
@@ -580,8 +597,24 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 	if err := fwd.SetBatch(batch.Tokens, segs); err != nil {
 		return 0, err
 	}
-	if err := in.targets.SetInts(batch.Targets); err != nil {
-		return 0, err
+	if in.rows == nil {
+		if err := in.targets.SetInts(batch.Targets); err != nil {
+			return 0, err
+		}
+	} else {
+		rows := make([]int32, len(batch.Targets))
+		mask := make([]float32, len(batch.Targets))
+		for i, t := range batch.Targets {
+			if t >= 0 {
+				rows[i], mask[i] = t, 1
+			}
+		}
+		if err := in.rows.SetInts(rows); err != nil {
+			return 0, err
+		}
+		if err := in.mask.SetFloats(mask); err != nil {
+			return 0, err
+		}
 	}
 	if in.distill != nil {
 		if err := e.setTeacher(in.distill, batch, segs); err != nil {
@@ -753,4 +786,14 @@ func (e *Engine) Close() {
 	if e.state != nil {
 		e.state.Close()
 	}
+}
+
+// Placement reports where the operations of the training graph run (see
+// binding.Placement): on a device backend, which fell back to the CPU.
+// Empty on the CPU backend, where every operation runs on the CPU.
+func (e *Engine) Placement() binding.Placement {
+	if e.trainAlloc == nil {
+		return binding.Placement{}
+	}
+	return e.trainAlloc.Placement()
 }

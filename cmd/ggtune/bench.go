@@ -22,6 +22,7 @@ func init() { register(newBenchCmd) }
 
 type benchOpts struct {
 	threads, pp, tg, reps int
+	device                string // ggtune's graph (libllama stays on the CPU)
 }
 
 func newBenchCmd() *cobra.Command {
@@ -46,7 +47,7 @@ func newBenchCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			to.threads = o.threads
+			to.threads, to.device = o.threads, o.device
 			var err error
 			if to.sweep, err = parseSweep(sweep); err != nil {
 				return err
@@ -97,6 +98,7 @@ func newBenchCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVarP(&models, "model", "m", nil, "model GGUF file (repeatable)")
 	f.IntVarP(&o.threads, "threads", "t", runtime.NumCPU(), "CPU threads")
+	f.StringVar(&o.device, "device", "", deviceUsage+"; libllama's numbers stay on the CPU")
 	f.IntVarP(&o.pp, "n-prompt", "p", 128, "prompt tokens")
 	f.IntVarP(&o.tg, "n-gen", "n", 64, "generated tokens")
 	f.IntVarP(&o.reps, "repetitions", "r", 5, "runs of each test (the best counts)")
@@ -153,7 +155,7 @@ func bestPair(reps, n int, a, b func() error) (float64, float64, error) {
 
 func benchModel(path string, o benchOpts) ([]benchRow, error) {
 	nctx := o.pp + o.tg
-	m, err := model.Load(path, model.Options{Threads: o.threads})
+	m, err := model.Load(path, model.Options{Threads: o.threads, Device: o.device})
 	if err != nil {
 		return nil, err
 	}

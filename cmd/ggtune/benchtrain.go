@@ -49,6 +49,7 @@ type trainStat struct {
 // trainBenchOpts configures the training benchmark.
 type trainBenchOpts struct {
 	ctx, batch, threads, steps int
+	device                     string
 	methods                    []string
 	sweep                      []int // contexts of the LoRA sweep
 	// maxPlainCtx is the longest context of the sweep measured without
@@ -114,6 +115,9 @@ func runTrainWorker(modelPath, dataPath, method string, ctxLen int, ckpt string,
 	}
 	args := []string{"bench-worker", "-m", modelPath, "--data", dataPath, "--method", method,
 		"--ctx", fmt.Sprint(ctxLen), "--batch", fmt.Sprint(o.batch), "-t", fmt.Sprint(o.threads), "--steps", fmt.Sprint(o.steps), "--grad-checkpoint", ckpt}
+	if o.device != "" {
+		args = append(args, "--device", o.device)
+	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -155,7 +159,7 @@ func newBenchWorkerCmd() *cobra.Command {
 		modelPath, dataPath, method string
 		ctxLen, batch, threads      int
 		steps                       int
-		ckpt                        string
+		ckpt, device                string
 	)
 	cmd := &cobra.Command{
 		Use:    "bench-worker",
@@ -181,7 +185,7 @@ func newBenchWorkerCmd() *cobra.Command {
 				p.NumVirtual, p.Init = 16, prompttune.InitRandom
 			}
 			j := finetune.Job{Method: meth.Name(), Config: cfg, Model: modelPath, Data: dataPath, Output: filepath.Join(dir, "out.gguf"),
-				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Seed: 1, GradCheckpoint: gc,
+				Context: ctxLen, Batch: batch, Pack: true, Threads: threads, Device: device, Seed: 1, GradCheckpoint: gc,
 				Train: train.Config{Steps: steps, GradAccum: 1, Optimizer: train.DefaultAdamW(),
 					Schedule: train.LRSchedule{Kind: train.Constant, LR: 1e-5}, Progress: io.Discard,
 					OnMetrics: func(m train.Metrics) {
@@ -209,6 +213,7 @@ func newBenchWorkerCmd() *cobra.Command {
 	f.IntVarP(&threads, "threads", "t", 2, "threads")
 	f.IntVar(&steps, "steps", 4, "steps")
 	f.StringVar(&ckpt, "grad-checkpoint", "auto", "activation checkpointing: auto, on, off")
+	f.StringVar(&device, "device", "", deviceUsage)
 	return cmd
 }
 

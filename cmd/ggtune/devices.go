@@ -33,3 +33,7 @@ func newDevicesCmd() *cobra.Command {
 		},
 	}
 }
+
+// deviceUsage documents the --device flag of the commands that run models.
+const deviceUsage = "ggml device that holds the weights and runs the graphs, as `ggtune devices` lists it " +
+	"(e.g. Vulkan0, CUDA0; backends load from GGTUNE_BACKEND_PATH); operations the device lacks run on the CPU (default: the CPU)"

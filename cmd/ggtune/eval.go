@@ -19,6 +19,7 @@ func newEvalCmd() *cobra.Command {
 		path, dataPath, format, chatTemplate string
 		o                                    finetune.EvalOptions
 		threads, stride, maxLineBytes        int
+		device                               string
 		maxDataBytes                         int64
 		noPack, trainOnPrompt, skipBad       bool
 		asJSON                               bool
@@ -52,7 +53,7 @@ func newEvalCmd() *cobra.Command {
 		o.Pack, o.Log = !noPack, cmd.ErrOrStderr()
 		o.DataOptions = data.Options{Format: f, Stride: stride, MaskOverlap: stride > 0, TrainOnPrompt: trainOnPrompt,
 			SkipBad: skipBad, ChatTemplate: chatTemplate, MaxBytes: maxDataBytes, MaxLineBytes: maxLineBytes}
-		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)
+		m, hooks, closeAll, err := loadWithHooks(path, threads, device, hooksFromFlags)
 		if err != nil {
 			return err
 		}
@@ -83,6 +84,7 @@ func newEvalCmd() *cobra.Command {
 	fl.IntVar(&maxLineBytes, "max-line-bytes", data.DefaultMaxLineBytes, "refuse a JSONL line longer than this many bytes")
 	fl.IntVar(&stride, "stride", 0, "plain text: tokens between window starts (0: no overlap)")
 	fl.IntVarP(&threads, "threads", "t", 0, "CPU threads (0: all)")
+	fl.StringVar(&device, "device", "", deviceUsage)
 	fl.BoolVar(&asJSON, "json", false, "print {loss, perplexity, accuracy, tokens} as JSON")
 	return cmd
 }

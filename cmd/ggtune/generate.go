@@ -27,8 +27,8 @@ func registerHookFlags(f hookFlagFunc) { hookFlagFuncs = append(hookFlagFuncs, f
 
 // loadWithHooks loads the model at path and builds the hook stack of the
 // command's flags; closeAll frees the hooks, then the model.
-func loadWithHooks(path string, threads int, hooksFromFlags func(*model.Model) ([]model.Hook, func(), error)) (m *model.Model, hooks []model.Hook, closeAll func(), err error) {
-	m, err = model.Load(path, model.Options{Threads: threads})
+func loadWithHooks(path string, threads int, device string, hooksFromFlags func(*model.Model) ([]model.Hook, func(), error)) (m *model.Model, hooks []model.Hook, closeAll func(), err error) {
+	m, err = model.Load(path, model.Options{Threads: threads, Device: device})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -76,6 +76,7 @@ func newGenerateCmd() *cobra.Command {
 		p                  model.GenerateParams
 		seed               int64
 		threads            int
+		device             string
 		asJSON             bool
 	)
 	cmd := &cobra.Command{
@@ -110,7 +111,7 @@ func newGenerateCmd() *cobra.Command {
 			p.Seed = uint64(seed)
 		}
 		start := time.Now()
-		m, hooks, closeAll, err := loadWithHooks(path, threads, hooksFromFlags)
+		m, hooks, closeAll, err := loadWithHooks(path, threads, device, hooksFromFlags)
 		if err != nil {
 			return err
 		}
@@ -177,6 +178,7 @@ func newGenerateCmd() *cobra.Command {
 	f.StringVar(&p.System, "system", "", "system message in chat mode")
 	f.IntVarP(&p.NCtx, "ctx-size", "c", 0, "context size (0: the model's, at most 4096)")
 	f.IntVarP(&threads, "threads", "t", 0, "CPU threads (0: all)")
+	f.StringVar(&device, "device", "", deviceUsage)
 	f.BoolVar(&asJSON, "json", false, "print one JSON object instead of streaming")
 	return cmd
 }

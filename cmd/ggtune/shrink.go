@@ -34,6 +34,7 @@ type shrinkOpts struct {
 	alpha, temperature, beta         float64
 	divergence                       string
 	ctx, batch, threads              int
+	device                           string
 	seed                             uint64
 	calibBatches, evalBatches        int
 	benchTokens, sampleTokens        int
@@ -96,6 +97,7 @@ func newShrinkCmd() *cobra.Command {
 	f.StringVar(&o.format, "format", "auto", "data format: auto, plain, text, completion, alpaca or chat")
 	f.Uint64Var(&o.seed, "seed", 42, "seed of healing, the validation split and sampling")
 	f.IntVarP(&o.threads, "threads", "t", 0, "CPU threads (0: all)")
+	f.StringVar(&o.device, "device", "", deviceUsage)
 	f.StringVar(&o.report, "report", "", "JSON report (default OUT.shrink.json; none: off)")
 	f.StringVar(&o.plot, "plot", "", "loss-against-size PNG (default OUT.shrink.png; none: off)")
 	f.BoolVar(&o.asJSON, "json", false, "print the report as JSON instead of the table")
@@ -213,7 +215,7 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 		}
 		healer = shrink.TrainHealer{Distill: kd, Job: finetune.Job{
 			Method: o.healMethod, Data: dataPath, ValSplit: valSplit, Context: o.ctx, Batch: o.batch, Pack: true,
-			Threads: o.threads, Seed: o.seed, DataOptions: dopts, MaxValBatches: o.evalBatches,
+			Threads: o.threads, Device: o.device, Seed: o.seed, DataOptions: dopts, MaxValBatches: o.evalBatches,
 			Train: train.Config{Steps: o.healSteps, Optimizer: train.DefaultAdamW(),
 				Schedule: train.LRSchedule{Kind: train.Cosine, LR: lr}, Progress: stderr},
 		}}
@@ -223,7 +225,7 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 		Model: o.model, Output: o.output, Data: dataPath, Val: valPath, ValSplit: valSplit,
 		ToLayers: o.toLayers, FFNTo: o.ffnTo, Importance: shrink.Importance(o.importance), Heal: healer,
 		Context: o.ctx, Batch: o.batch, CalibBatches: o.calibBatches, EvalBatches: o.evalBatches, DataOptions: dopts,
-		Threads: o.threads, Seed: o.seed, BenchTokens: o.benchTokens, Progress: stderr,
+		Threads: o.threads, Device: o.device, Seed: o.seed, BenchTokens: o.benchTokens, Progress: stderr,
 	})
 	if err != nil {
 		return err
@@ -262,7 +264,7 @@ func runShrink(cmd *cobra.Command, o *shrinkOpts) error {
 // trainPath and a tenth as many (at least one context) to valPath, with
 // different seeds.
 func sampleData(ctx context.Context, o *shrinkOpts, trainPath, valPath string) error {
-	m, err := model.Load(o.model, model.Options{Threads: o.threads})
+	m, err := model.Load(o.model, model.Options{Threads: o.threads, Device: o.device})
 	if err != nil {
 		return err
 	}

@@ -79,6 +79,7 @@ type trainOpts struct {
 	maxGradNorm                    float64
 	seed                           uint64
 	threads                        int
+	device                         string
 	evalEvery, earlyStop           int
 	saveEvery, maxValBatches       int
 	resume, overwrite              bool
@@ -142,6 +143,7 @@ func newJobCmd(m method.Method, ext jobExtension) *cobra.Command {
 	f.Float64Var(&o.maxGradNorm, "max-grad-norm", 1, "clip the global gradient norm to this (0: no clipping)")
 	f.Uint64Var(&o.seed, "seed", 42, "seed of initialisation, data shuffling, validation split and dropout")
 	f.IntVarP(&o.threads, "threads", "t", 0, "CPU threads (0: all)")
+	f.StringVar(&o.device, "device", "", deviceUsage)
 
 	f.IntVar(&o.evalEvery, "eval-every", 0, "evaluate on the validation data every N steps (0: only before and after)")
 	f.IntVar(&o.earlyStop, "early-stop", 0, "stop after N evaluations without a lower validation loss (0: never; needs --eval-every)")
@@ -318,7 +320,7 @@ func buildJob(m method.Method, mcfg method.Config, o *trainOpts, explicit func(s
 	}
 	j = finetune.Job{
 		Method: m.Name(), Config: mcfg, Model: o.model, Data: o.data, Val: o.val, ValSplit: o.valSplit, Output: o.output,
-		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
+		Context: o.ctx, Batch: o.batch, Pack: !o.noPack, Threads: o.threads, Device: o.device, Seed: o.seed, MaxValBatches: o.maxValBatches, InitFrom: o.initFrom,
 		GradCheckpoint: gc,
 		DataOptions: data.Options{Format: format, Stride: o.stride, TrainOnPrompt: o.trainOnPrompt, SkipBad: o.skipBad, ChatTemplate: o.chatTemplate,
 			MaxBytes: o.maxDataBytes, MaxLineBytes: o.maxLineBytes},

@@ -1,0 +1,227 @@
+package finetune_test
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/ggtune/ggtune/binding"
+	"github.com/ggtune/ggtune/finetune"
+	"github.com/ggtune/ggtune/internal/devicetest"
+	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/lora"
+	"github.com/ggtune/ggtune/method"
+	"github.com/ggtune/ggtune/model"
+	"github.com/ggtune/ggtune/train"
+)
+
+// TestDeviceTrainingParity trains each method for a few optimizer steps on
+// the test device and on the CPU from the same initial parameters and
+// batches, with an AdamW configured to step by exactly 0.01 × the gradient
+// (β1 = β2 = 0, ε = 1e30, rate 1e28): the losses of every step and the
+// gradients of every parameter must agree.
+func TestDeviceTrainingParity(t *testing.T) {
+	be := devicetest.Backend(t, 2)
+	path := fixture.Path(t, "models/stories260K.gguf")
+	const B, T, steps = 2, 24, 3
+	rng := rand.New(rand.NewPCG(5, 6))
+	var batches []train.Batch
+	for s := 0; s < steps; s++ {
+		b := train.Batch{B: B, T: T}
+		for i := 0; i < B*T; i++ {
+			b.Tokens = append(b.Tokens, int32(rng.IntN(500)+3))
+			target := int32(rng.IntN(500) + 3)
+			if i%7 == 0 {
+				target = -1
+			}
+			b.Targets = append(b.Targets, target)
+			b.Segments = append(b.Segments, int32(1+i/12))
+		}
+		batches = append(batches, b)
+	}
+	opt := train.AdamW{Eps: 1e30}
+	const rate = 1e28 // rate/ε: each step moves a parameter by −0.01 × its gradient
+	for _, name := range []string{"lora", "full", "prompt", "prefix", "dora", "ia3"} {
+		t.Run(name, func(t *testing.T) {
+			meth, err := method.Get(name)
+			require.NoError(t, err)
+			f, err := binding.OpenGGUF(path)
+			require.NoError(t, err)
+			cfg := meth.NewConfig()
+			require.NoError(t, cfg.Resolve(f))
+			var trainable func(string) bool
+			if wt, ok := meth.(method.WeightTrainer); ok {
+				trainable, err = wt.Trainable(cfg, f)
+				require.NoError(t, err)
+			}
+			f.Close()
+			type result struct {
+				losses []float64
+				params [][][]float32 // per step, per parameter
+			}
+			var init [][]float32
+			run := func(backend *binding.Backend) result {
+				m, err := model.Load(path, model.Options{Backend: backend, Threads: 2, Trainable: trainable})
+				require.NoError(t, err)
+				defer m.Close()
+				env, err := method.NewEnv(path, m, m.Backend())
+				require.NoError(t, err)
+				defer env.Close()
+				env.Seed = 3
+				inst, err := meth.New(env, cfg)
+				require.NoError(t, err)
+				defer inst.Close()
+				groups, err := inst.Groups()
+				require.NoError(t, err)
+				var params []*binding.Tensor
+				for _, g := range groups {
+					params = append(params, g.Params...)
+				}
+				if init == nil {
+					for _, p := range params {
+						v, err := p.Floats()
+						require.NoError(t, err)
+						init = append(init, v)
+					}
+				} else {
+					require.Len(t, params, len(init))
+					for i, p := range params {
+						require.NoError(t, p.SetFloats(init[i]))
+					}
+				}
+				e, err := train.NewEngine(finetune.GraphBuilder(m, inst.Hooks(1), 1), groups, m.Backend(), B, T, opt)
+				require.NoError(t, err)
+				defer e.Close()
+				var r result
+				for _, b := range batches {
+					loss, err := e.Accumulate(b)
+					require.NoError(t, err)
+					_, err = e.Step(rate)
+					require.NoError(t, err)
+					r.losses = append(r.losses, loss)
+					var ps [][]float32
+					for _, p := range params {
+						v, err := p.Floats()
+						require.NoError(t, err)
+						ps = append(ps, v)
+					}
+					r.params = append(r.params, ps)
+				}
+				if !backend.IsCPU() {
+					logPlacement(t, e)
+				}
+				return r
+			}
+			cpu, err := binding.NewCPUBackend(2)
+			require.NoError(t, err)
+			defer cpu.Close()
+			want := run(cpu)
+			got := run(be)
+			moved, worst := 0, 0.0
+			for s := range want.losses {
+				require.InDelta(t, want.losses[s], got.losses[s], tol*math.Abs(want.losses[s]), "loss at step %d", s)
+				var wantBefore, wantAfter, gotBefore, gotAfter []float32
+				for i := range want.params[s] {
+					wb, gb := init[i], init[i]
+					if s > 0 {
+						wb, gb = want.params[s-1][i], got.params[s-1][i]
+					}
+					wantBefore, wantAfter = append(wantBefore, wb...), append(wantAfter, want.params[s][i]...)
+					gotBefore, gotAfter = append(gotBefore, gb...), append(gotAfter, got.params[s][i]...)
+					if !slices.Equal(want.params[s][i], wb) {
+						moved++
+					}
+				}
+				rel := gradError(wantBefore, wantAfter, gotBefore, gotAfter)
+				worst = max(worst, rel)
+				require.LessOrEqual(t, rel, tol, "step %d: gradient", s)
+			}
+			t.Logf("%s on %s: %d steps, losses %.6g (CPU %.6g), worst gradient error %.3g", name, be.Name(), steps, got.losses, want.losses, worst)
+			require.Positive(t, moved, "no parameter moved")
+		})
+	}
+}
+
+// tol bounds the device's losses and gradients (all parameters of a step
+// together) relative to the CPU's. It holds for F32 products: Vulkan's
+// shaders for devices with F16 support round the operands of matrix
+// products to F16 in shared memory (3e-4 relative per product), so .ci/run
+// sets GGML_VK_DISABLE_F16 for lavapipe.
+const tol = 1e-4
+
+// gradError returns ‖Δgot − Δwant‖ / ‖Δwant‖ for the updates of the
+// parameters over one step (each −0.01 × the gradient); the absolute
+// difference when none moved.
+func gradError(wantBefore, wantAfter, gotBefore, gotAfter []float32) float64 {
+	var num, den float64
+	for i := range wantAfter {
+		dw := float64(wantAfter[i] - wantBefore[i])
+		dg := float64(gotAfter[i] - gotBefore[i])
+		num += (dg - dw) * (dg - dw)
+		den += dw * dw
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+func logPlacement(t *testing.T, e *train.Engine) {
+	t.Helper()
+	p := e.Placement()
+	t.Logf("placement: %d splits; %v", p.Splits, p.Ops)
+}
+
+// TestDeviceAdapterLoadsInLlama trains a LoRA adapter on the test device
+// through the job API, then loads it in libllama on the CPU: libllama's
+// logits with the adapter equal ggtune's graph with it on the device.
+func TestDeviceAdapterLoadsInLlama(t *testing.T) {
+	be := devicetest.Backend(t, 2)
+	j := baseJob(t, "lora")
+	j.Device = devicetest.Name(t)
+	j.Train.Steps = 12
+	rep, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+	t.Logf("on %s: held-out loss %.4f -> %.4f", j.Device, rep.Result.EvalBefore.Loss, rep.Result.EvalAfter.Loss)
+	require.Less(t, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Loss)
+
+	lm, err := binding.LoadModel(j.Model, binding.ModelParams{})
+	require.NoError(t, err)
+	defer lm.Close()
+	ad, err := lm.LoadAdapter(j.Output)
+	require.NoError(t, err)
+	defer ad.Close()
+	lctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
+	require.NoError(t, err)
+	defer lctx.Close()
+	require.NoError(t, lctx.SetAdapter(ad, 1))
+	toks := []int32{1, 403, 17, 260, 5, 88, 301, 44, 2, 99}
+	require.NoError(t, lctx.Decode(toks, 0, true))
+
+	m, err := model.Load(j.Model, model.Options{Backend: be})
+	require.NoError(t, err)
+	defer m.Close()
+	f, err := binding.OpenGGUF(j.Model)
+	require.NoError(t, err)
+	defer f.Close()
+	a, err := lora.Load(j.Output, f, m.Backend())
+	require.NoError(t, err)
+	defer a.Close()
+	ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{a.Hook(1)})
+	require.NoError(t, err)
+	nv := m.Config().NVocab
+	var maxDiff float64
+	for i := range toks {
+		want, err := lctx.Logits(i)
+		require.NoError(t, err)
+		for k := 0; k < nv; k++ {
+			maxDiff = math.Max(maxDiff, math.Abs(float64(want[k]-ours[i*nv+k])))
+		}
+	}
+	t.Logf("max |logits(ggtune on %s) - logits(libllama on the CPU)| with the adapter: %.2e", be.Name(), maxDiff)
+	require.LessOrEqual(t, maxDiff, 1e-4)
+}
