@@ -202,10 +202,10 @@ type lossInputs struct {
 	// rows and mask replace targets on a device backend (the loss from
 	// ggml's own operations): the target or 0, and 1 where a loss is taken.
 	rows, mask *binding.Tensor
-	lossSum *binding.Tensor // Σ loss over the loss tokens
-	correct *binding.Tensor // loss tokens whose argmax is the target
-	divSum  *binding.Tensor // Σ divergence from the teacher (distillation)
-	distill *distillInputs  // the teacher's side (distillation)
+	lossSum    *binding.Tensor // Σ loss over the loss tokens
+	correct    *binding.Tensor // loss tokens whose argmax is the target
+	divSum     *binding.Tensor // Σ divergence from the teacher (distillation)
+	distill    *distillInputs  // the teacher's side (distillation)
 	// loss is what the backward pass differentiates (training graphs):
 	// Σ logits ⊙ stopgrad(∂lossSum/∂logits), whose gradient is that of lossSum.
 	loss *binding.Tensor
