@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/devicetest"
 	"github.com/ggtune/ggtune/internal/fixture"
+	"github.com/ggtune/ggtune/internal/randmodel"
 	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
@@ -43,11 +45,27 @@ func TestDeviceTrainingParity(t *testing.T) {
 		}
 		batches = append(batches, b)
 	}
+	q8 := filepath.Join(t.TempDir(), "qwen2-q8_0.gguf")
+	require.NoError(t, randmodel.Write(q8, randmodel.Options{Arch: "qwen2", NEmbd: 64, NHead: 4, NHeadKV: 2, NFF: 128,
+		Type: binding.TypeQ8_0, Untied: true, Seed: 9}))
 	opt := train.AdamW{Eps: 1e30}
 	const rate = 1e28 // rate/ε: each step moves a parameter by −0.01 × its gradient
-	for _, name := range []string{"lora", "full", "prompt", "prefix", "dora", "ia3"} {
+	for _, c := range []struct {
+		name, method, path string
+		tol                float64
+		dequantize         bool // the CPU's weights in F32
+	}{
+		{"lora", "lora", path, tol, false}, {"full", "full", path, tol, false}, {"prompt", "prompt", path, tol, false},
+		{"prefix", "prefix", path, tol, false}, {"dora", "dora", path, tol, false}, {"ia3", "ia3", path, tol, false},
+		// A quantized base with grouped-query attention and biases: the
+		// device multiplies by the Q8_0 weights, the CPU by their F32
+		// dequantization (its own Q8_0 products would round the
+		// activations to Q8_0 as well, which the device does not).
+		{"lora-qwen2-q8_0", "lora", q8, tol, true},
+	} {
+		name, path, tol := c.name, c.path, c.tol
 		t.Run(name, func(t *testing.T) {
-			meth, err := method.Get(name)
+			meth, err := method.Get(c.method)
 			require.NoError(t, err)
 			f, err := binding.OpenGGUF(path)
 			require.NoError(t, err)
@@ -65,7 +83,11 @@ func TestDeviceTrainingParity(t *testing.T) {
 			}
 			var init [][]float32
 			run := func(backend *binding.Backend) result {
-				m, err := model.Load(path, model.Options{Backend: backend, Threads: 2, Trainable: trainable})
+				load := trainable
+				if c.dequantize && backend.IsCPU() {
+					load = func(string) bool { return true }
+				}
+				m, err := model.Load(path, model.Options{Backend: backend, Threads: 2, Trainable: load})
 				require.NoError(t, err)
 				defer m.Close()
 				env, err := method.NewEnv(path, m, m.Backend())
