@@ -258,7 +258,7 @@ stage_cuda_build() {
 	log "cuda-build: make cuda JOBS=$(nproc) CUDA_SRC=$CUDA_SRC (log: $l)"
 	if ! make cuda JOBS="$(nproc)" CUDA_SRC="$CUDA_SRC" >"$l" 2>&1; then
 		log "cuda-build: make cuda failed; the end of $l:"
-		grep -E 'error|Error' "$l" | head -20 || true
+		grep -E 'error|Error' "$l" | sed -n 1,20p || true
 		tail -n 15 "$l"
 		return 1
 	fi
@@ -273,18 +273,20 @@ stage_cuda_build() {
 # cuda_libs adds the directories of the CUDA libraries that libggml-cuda.so
 # does not find to LD_LIBRARY_PATH (this shell, before the stages that load it).
 cuda_libs() {
-	local so=$BACKENDS/libggml-cuda.so d
+	local so=$BACKENDS/libggml-cuda.so d missing
 	[ -f "$so" ] || return 0
-	if ldd "$so" | grep -q 'not found'; then
-		for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-			/usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
-			[ -d "$d" ] && LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-		done
-		export LD_LIBRARY_PATH
-		log "setup: libggml-cuda.so missed libraries; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-	fi
-	if ldd "$so" | grep 'not found'; then
-		log "setup: libggml-cuda.so still misses the libraries above"
+	missing=$(ldd "$so" 2>&1 | grep 'not found' || true)
+	[ -n "$missing" ] || return 0
+	log "setup: libggml-cuda.so misses: $(echo "$missing" | awk '{printf "%s ", $1}')"
+	for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+		/usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+		if [ -d "$d" ]; then LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; fi
+	done
+	export LD_LIBRARY_PATH
+	log "setup: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+	missing=$(ldd "$so" 2>&1 | grep 'not found' || true)
+	if [ -n "$missing" ]; then
+		log "setup: libggml-cuda.so still misses: $(echo "$missing" | awk '{printf "%s ", $1}')"
 	fi
 }
 
@@ -296,7 +298,7 @@ stage_devices() {
 		GGTUNE_BACKEND_PATH=$BACKENDS "$GGTUNE" devices >"$l" 2>&1 || rc=$?
 	fi
 	cat "$l" >>"$LOGS/setup.log"
-	sed 's/^/    /' "$l" | head -12
+	head -n 12 "$l" | sed 's/^/    /'
 	[ "$rc" = 0 ] || return "$rc"
 	[ "$CPU_ONLY" = 1 ] && return 0
 	if ! awk -F'\t' -v d="$DEVICE" '$2 == d {found = 1} END {exit !found}' "$l"; then
@@ -328,7 +330,7 @@ stage_device_tests() {
 	fail=$(grep -c '^--- FAIL' "$l" || true)
 	skip=$(grep -c '^--- SKIP' "$l" || true)
 	log "device-tests: $pass passed, $fail failed, $skip skipped"
-	grep -E '^(--- FAIL|--- SKIP|FAIL|ok|panic:)' "$l" | head -20 | sed 's/^/    /' || true
+	grep -E '^(--- FAIL|--- SKIP|FAIL|ok|panic:)' "$l" | sed -n 's/^/    /; 1,20p' || true
 	if [ "$fail" -gt 0 ] || [ "$rc" != 0 ]; then
 		log "device-tests: failures; the end of $l:"
 		tail -n 25 "$l"
@@ -349,8 +351,8 @@ bench_one() {
 	if out=$(GGTUNE_BACKEND_PATH=$BACKENDS timeout 150 "$GGTUNE" "${args[@]}" 2>>"$l"); then
 		echo "$out" >>"$l"
 		local tok rss
-		tok=$(echo "$out" | sed -n 's/.*"tok_s": *\([0-9.eE+-]*\).*/\1/p' | head -1)
-		rss=$(echo "$out" | sed -n 's/.*"peak_rss[a-z_]*": *\([0-9]*\).*/\1/p' | head -1)
+		tok=$(echo "$out" | sed -n 's/.*"tok_s": *\([0-9.eE+-]*\).*/\1/p' | sed -n 1p)
+		rss=$(echo "$out" | sed -n 's/.*"peak_rss[a-z_]*": *\([0-9]*\).*/\1/p' | sed -n 1p)
 		[ -n "$tok" ] && { echo "$tok ${rss:-0}"; return; }
 	fi
 	echo fail
