@@ -58,12 +58,35 @@ demo: bin/ggtune
 
 # GPU backends are built from the pinned module's sources with CMake and
 # loaded at run time from GGTUNE_BACKEND_PATH.
-cuda: deps
+# `make cuda` builds libggml-cuda.so from CUDA_SRC (the pinned module; a copy
+# of its CMakeLists.txt and ml/backend/ggml/ggml where Go is missing, as
+# scripts/gpu-check.sh --prepare stages it) for CUDA_ARCHS: native (the GPUs
+# nvidia-smi sees; CMake >= 3.24) by default, else 90 (Hopper); e.g.
+# CUDA_ARCHS="80;90". CUDAHOSTCXX names nvcc's host compiler (CUDA 11.8 needs
+# g++-11 or older). lib/ gets a self-contained copy: libggml-cuda.so and the
+# libggml-base.so* it links (RPATH $ORIGIN). CUDA_ARCHS is worked out only
+# when `make cuda` runs.
+CUDA_SRC ?= third_party/ollama
+CUDA_ARCHS ?= $(shell v=$$(cmake --version 2>/dev/null | sed -n '1s/[^0-9]*\([0-9]*\)\.\([0-9]*\).*/\1 \2/p'); \
+	set -- $$v; if [ -n "$$1" ] && { [ "$$1" -gt 3 ] || { [ "$$1" -eq 3 ] && [ "$$2" -ge 24 ]; }; } && \
+	nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo native; else echo 90; fi)
+CUDA_OUT := $(BACKEND_BUILD)/cuda/lib/ollama
+
+cuda: $(if $(filter third_party/ollama,$(CUDA_SRC)),deps)
 	@command -v cmake >/dev/null || { echo "make cuda: cmake not found (apt-get install cmake)"; exit 1; }
-	@command -v nvcc >/dev/null || { echo "make cuda: the CUDA toolkit (nvcc) was not found; install it or put it on PATH"; exit 1; }
-	cmake -S third_party/ollama -B $(BACKEND_BUILD)/cuda -DCMAKE_BUILD_TYPE=Release
+	@command -v nvcc >/dev/null || { echo "make cuda: nvcc not found: install the CUDA toolkit and put its bin/ on PATH (e.g. export PATH=/usr/local/cuda/bin:\$$PATH)"; exit 1; }
+	@test -f $(CUDA_SRC)/CMakeLists.txt || { echo "make cuda: CUDA_SRC=$(CUDA_SRC) has no CMakeLists.txt"; exit 1; }
+	@echo "make cuda: nvcc $$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), architectures $(CUDA_ARCHS)$(if $(CUDAHOSTCXX), and host compiler $(CUDAHOSTCXX))"
+	cmake -S $(CUDA_SRC) -B $(BACKEND_BUILD)/cuda -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_CUDA_COMPILER="$$(command -v nvcc)" '-DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHS)' \
+		$(if $(CUDAHOSTCXX),-DCMAKE_CUDA_HOST_COMPILER=$(CUDAHOSTCXX)) \
+		-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$$ORIGIN' \
+		-DCMAKE_DISABLE_FIND_PACKAGE_Vulkan=ON
 	cmake --build $(BACKEND_BUILD)/cuda --target ggml-cuda --parallel $(JOBS)
-	mkdir -p lib && find $(BACKEND_BUILD)/cuda -name 'libggml-cuda*.so' -exec cp {} lib/ \;
+	@test -f $(CUDA_OUT)/libggml-cuda.so || { echo "make cuda: the build made no $(CUDA_OUT)/libggml-cuda.so"; exit 1; }
+	mkdir -p lib
+	rm -f lib/libggml-cuda.so lib/libggml-base.so*
+	cp -L $(CUDA_OUT)/libggml-cuda.so $(CUDA_OUT)/libggml-base.so* lib/
 	@echo "built lib/libggml-cuda.so: run with GGTUNE_BACKEND_PATH=$(CURDIR)/lib"
 
 # The Vulkan backend. Two gaps of the pinned module's zip are bridged by
