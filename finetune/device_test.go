@@ -247,3 +247,43 @@ func TestDeviceAdapterLoadsInLlama(t *testing.T) {
 	t.Logf("max |logits(ggtune on %s) - logits(libllama on the CPU)| with the adapter: %.2e", be.Name(), maxDiff)
 	require.LessOrEqual(t, maxDiff, 1e-4)
 }
+
+// TestDeviceResumesCPUCheckpoint interrupts a run on the CPU after 3 of 6
+// steps and resumes its checkpoint (parameters, AdamW moments, data
+// position) on the test device: the losses of all 6 steps equal an
+// uninterrupted run on the CPU.
+func TestDeviceResumesCPUCheckpoint(t *testing.T) {
+	devicetest.Backend(t, 2)
+	j := baseJob(t, "lora")
+	j.Train.Steps = 6
+	j.Val, j.ValSplit = "", 0
+	full, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+
+	k := j
+	k.Output = filepath.Join(t.TempDir(), "resumed.gguf")
+	ctx, cancel := context.WithCancel(context.Background())
+	k.Train.OnMetrics = func(m train.Metrics) {
+		if m.Step == 3 {
+			cancel()
+		}
+	}
+	part, err := finetune.Run(ctx, k)
+	require.ErrorIs(t, err, train.ErrInterrupted)
+	k.Train.OnMetrics, k.Train.Resume = nil, true
+	k.Device = devicetest.Name(t)
+	rest, err := finetune.Run(context.Background(), k)
+	require.NoError(t, err)
+	var want, got []float64
+	for _, m := range full.Result.History {
+		want = append(want, m.Loss)
+	}
+	for _, m := range append(part.Result.History, rest.Result.History...) {
+		got = append(got, m.Loss)
+	}
+	require.Len(t, got, len(want))
+	for i := range want {
+		require.InDelta(t, want[i], got[i], tol*want[i], "step %d", i+1)
+	}
+	t.Logf("losses: CPU %.6g, CPU then %s %.6g", want, k.Device, got)
+}

@@ -1,7 +1,10 @@
 package model_test
 
 import (
+	"context"
+	"encoding/json"
 	"math"
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -32,4 +35,25 @@ func TestDeviceLogitsParity(t *testing.T) {
 	}
 	t.Logf("stories260K on %s: max abs diff over %d positions = %.3g", be.Name(), len(tokens), worst)
 	require.Less(t, worst, 1e-4)
+}
+
+// TestDeviceGreedy generates with a KV-cache session on the test device:
+// the 255 greedy tokens of stories260K must be upstream's.
+func TestDeviceGreedy(t *testing.T) {
+	be := devicetest.Backend(t, 2)
+	m, err := model.Load(fixture.Path(t, "models/stories260K.gguf"), model.Options{Backend: be})
+	require.NoError(t, err)
+	defer m.Close()
+	raw, err := os.ReadFile(fixture.Path(t, "models/stories260K.greedy.json"))
+	require.NoError(t, err)
+	var want struct {
+		IDs []int32 `json:"generated_token_ids"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &want))
+	s, err := m.NewSession(model.SessionOptions{NCtx: 256, F32Cache: true})
+	require.NoError(t, err)
+	defer s.Close()
+	res, err := s.Generate(context.Background(), []int32{1}, model.GenerateParams{MaxTokens: 255, IgnoreEOS: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, want.IDs, res.IDs)
 }

@@ -102,6 +102,8 @@ func TestCLIRefusesBadRequests(t *testing.T) {
 		{"train -o is a directory", trainArgs(f.dir), "is a directory"},
 		{"checkpoint exists", trainArgs(adapter), "--overwrite"},
 		{"resume and overwrite", trainArgs(adapter, "--resume", "--overwrite"), "exclusive"},
+		{"train on a missing device", trainArgs(fresh, "--device", "NoSuch0"), `backend "NoSuch0": no such device (have CPU`},
+		{"generate on a missing device", []string{"generate", "-m", model, "-n", "1", "--device", "NoSuch0"}, `backend "NoSuch0": no such device`},
 		{"merge -o is --lora", []string{"merge", "-m", model, "--lora", adapter, "-o", adapter}, "same file as the input --lora"},
 		{"merge -o is a symlink to -m", []string{"merge", "-m", model, "--lora", adapter, "-o", link}, "same file as the input -m"},
 		{"merge NaN adapter", []string{"merge", "-m", model, "--lora", nan, "-o", fresh}, "non-finite"},
