@@ -15,7 +15,6 @@ import (
 	"github.com/ggtune/ggtune/internal/devicetest"
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/internal/randmodel"
-	"github.com/ggtune/ggtune/lora"
 	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
@@ -205,45 +204,16 @@ func TestDeviceAdapterLoadsInLlama(t *testing.T) {
 	be := devicetest.Backend(t, 2)
 	j := baseJob(t, "lora")
 	j.Device = devicetest.Name(t)
-	j.Train.Steps = 12
+	j.Train.Steps, j.MaxValBatches = 12, 2
 	rep, err := finetune.Run(context.Background(), j)
 	require.NoError(t, err)
 	t.Logf("on %s: held-out loss %.4f -> %.4f", j.Device, rep.Result.EvalBefore.Loss, rep.Result.EvalAfter.Loss)
 	require.Less(t, rep.Result.EvalAfter.Loss, rep.Result.EvalBefore.Loss)
 
-	lm, err := binding.LoadModel(j.Model, binding.ModelParams{})
-	require.NoError(t, err)
-	defer lm.Close()
-	ad, err := lm.LoadAdapter(j.Output)
-	require.NoError(t, err)
-	defer ad.Close()
-	lctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
-	require.NoError(t, err)
-	defer lctx.Close()
-	require.NoError(t, lctx.SetAdapter(ad, 1))
-	toks := []int32{1, 403, 17, 260, 5, 88, 301, 44, 2, 99}
-	require.NoError(t, lctx.Decode(toks, 0, true))
-
 	m, err := model.Load(j.Model, model.Options{Backend: be})
 	require.NoError(t, err)
 	defer m.Close()
-	f, err := binding.OpenGGUF(j.Model)
-	require.NoError(t, err)
-	defer f.Close()
-	a, err := lora.Load(j.Output, f, m.Backend())
-	require.NoError(t, err)
-	defer a.Close()
-	ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{a.Hook(1)})
-	require.NoError(t, err)
-	nv := m.Config().NVocab
-	var maxDiff float64
-	for i := range toks {
-		want, err := lctx.Logits(i)
-		require.NoError(t, err)
-		for k := 0; k < nv; k++ {
-			maxDiff = math.Max(maxDiff, math.Abs(float64(want[k]-ours[i*nv+k])))
-		}
-	}
+	maxDiff := llamaAdapterDiff(t, m, j.Output)
 	t.Logf("max |logits(ggtune on %s) - logits(libllama on the CPU)| with the adapter: %.2e", be.Name(), maxDiff)
 	require.LessOrEqual(t, maxDiff, 1e-4)
 }

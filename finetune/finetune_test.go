@@ -72,39 +72,10 @@ func TestLoRALowersShakespeareLoss(t *testing.T) {
 	assert.Equal(t, before, fileHash(t, j.Model), "the base file is unchanged")
 
 	// libllama loads the adapter and agrees with our graph.
-	lm, err := binding.LoadModel(j.Model, binding.ModelParams{})
-	require.NoError(t, err)
-	defer lm.Close()
-	ad, err := lm.LoadAdapter(j.Output)
-	require.NoError(t, err)
-	defer ad.Close()
-	lctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
-	require.NoError(t, err)
-	defer lctx.Close()
-	require.NoError(t, lctx.SetAdapter(ad, 1))
-	toks := []int32{1, 403, 17, 260, 5, 88, 301, 44, 2, 99}
-	require.NoError(t, lctx.Decode(toks, 0, true))
-
 	m, err := model.Load(j.Model, model.Options{Threads: 2})
 	require.NoError(t, err)
 	defer m.Close()
-	f, err := binding.OpenGGUF(j.Model)
-	require.NoError(t, err)
-	defer f.Close()
-	a, err := lora.Load(j.Output, f, m.Backend())
-	require.NoError(t, err)
-	defer a.Close()
-	ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{a.Hook(1)})
-	require.NoError(t, err)
-	nv := m.Config().NVocab
-	var maxDiff float64
-	for i := range toks {
-		want, err := lctx.Logits(i)
-		require.NoError(t, err)
-		for k := 0; k < nv; k++ {
-			maxDiff = math.Max(maxDiff, math.Abs(float64(want[k]-ours[i*nv+k])))
-		}
-	}
+	maxDiff := llamaAdapterDiff(t, m, j.Output)
 	t.Logf("max |logits(ggtune) - logits(libllama)| with the adapter: %.2e", maxDiff)
 	assert.LessOrEqual(t, maxDiff, 1e-3)
 }
@@ -185,4 +156,42 @@ func TestResumeWithDropout(t *testing.T) {
 	for i := range want {
 		assert.InDelta(t, want[i], got[i], 1e-6, "step %d", i+1)
 	}
+}
+
+// llamaAdapterDiff loads the LoRA adapter in libllama on the CPU and in
+// ggtune's graph of m (on m's backend) and returns the largest difference
+// of their logits over a few tokens.
+func llamaAdapterDiff(t *testing.T, m *model.Model, adapter string) float64 {
+	t.Helper()
+	lm, err := binding.LoadModel(m.Path(), binding.ModelParams{})
+	require.NoError(t, err)
+	defer lm.Close()
+	ad, err := lm.LoadAdapter(adapter)
+	require.NoError(t, err)
+	defer ad.Close()
+	lctx, err := binding.NewLlamaContext(lm, binding.ContextParams{NCtx: 64, Threads: 2, F32Cache: true})
+	require.NoError(t, err)
+	defer lctx.Close()
+	require.NoError(t, lctx.SetAdapter(ad, 1))
+	toks := []int32{1, 403, 17, 260, 5, 88, 301, 44, 2, 99}
+	require.NoError(t, lctx.Decode(toks, 0, true))
+
+	f, err := binding.OpenGGUF(m.Path())
+	require.NoError(t, err)
+	defer f.Close()
+	a, err := lora.Load(adapter, f, m.Backend())
+	require.NoError(t, err)
+	defer a.Close()
+	ours, err := m.Logits(model.Shape{Batch: 1, Tokens: len(toks)}, toks, nil, []model.Hook{a.Hook(1)})
+	require.NoError(t, err)
+	nv := m.Config().NVocab
+	var maxDiff float64
+	for i := range toks {
+		want, err := lctx.Logits(i)
+		require.NoError(t, err)
+		for k := 0; k < nv; k++ {
+			maxDiff = math.Max(maxDiff, math.Abs(float64(want[k]-ours[i*nv+k])))
+		}
+	}
+	return maxDiff
 }
