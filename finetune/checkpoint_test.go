@@ -7,10 +7,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ggtune/ggtune/binding"
 	"github.com/ggtune/ggtune/finetune"
 	"github.com/ggtune/ggtune/internal/fixture"
-	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
 )
@@ -38,36 +36,12 @@ func TestGradCheckpointBitwise(t *testing.T) {
 	}
 	for _, name := range []string{"lora", "dora", "full", "prompt", "prefix", "ptuning", "ia3", "bottleneck"} {
 		t.Run(name, func(t *testing.T) {
-			meth, err := method.Get(name)
-			require.NoError(t, err)
-			f, err := binding.OpenGGUF(path)
-			require.NoError(t, err)
-			defer f.Close()
-			cfg := meth.NewConfig()
-			require.NoError(t, cfg.Resolve(f))
-			var trainable func(string) bool
-			if wt, ok := meth.(method.WeightTrainer); ok {
-				trainable, err = wt.Trainable(cfg, f)
-				require.NoError(t, err)
-			}
-			m, err := model.Load(path, model.Options{Threads: 2, Trainable: trainable})
-			require.NoError(t, err)
-			defer m.Close()
-			env, err := method.NewEnv(path, m, m.Backend())
-			require.NoError(t, err)
-			defer env.Close()
-			env.Seed = 3
-			inst, err := meth.New(env, cfg)
-			require.NoError(t, err)
-			defer inst.Close()
-			groups, err := inst.Groups()
-			require.NoError(t, err)
-			var params []*binding.Tensor
-			for _, g := range groups {
-				params = append(params, g.Params...)
-			}
+			in := resolveMethod(t, name, path).newInstance(t, path, model.Options{Threads: 2})
+			defer in.close()
+			m, inst, params := in.m, in.inst, in.params
 			saved := make([][]float32, len(params))
 			for i, p := range params {
+				var err error
 				saved[i], err = p.Floats()
 				require.NoError(t, err)
 			}

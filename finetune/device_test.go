@@ -15,7 +15,6 @@ import (
 	"github.com/ggtune/ggtune/internal/devicetest"
 	"github.com/ggtune/ggtune/internal/fixture"
 	"github.com/ggtune/ggtune/internal/randmodel"
-	"github.com/ggtune/ggtune/method"
 	"github.com/ggtune/ggtune/model"
 	"github.com/ggtune/ggtune/train"
 )
@@ -64,44 +63,20 @@ func TestDeviceTrainingParity(t *testing.T) {
 	} {
 		name, path, tol := c.name, c.path, c.tol
 		t.Run(name, func(t *testing.T) {
-			meth, err := method.Get(c.method)
-			require.NoError(t, err)
-			f, err := binding.OpenGGUF(path)
-			require.NoError(t, err)
-			cfg := meth.NewConfig()
-			require.NoError(t, cfg.Resolve(f))
-			var trainable func(string) bool
-			if wt, ok := meth.(method.WeightTrainer); ok {
-				trainable, err = wt.Trainable(cfg, f)
-				require.NoError(t, err)
-			}
-			f.Close()
+			setup := resolveMethod(t, c.method, path)
 			type result struct {
 				losses []float64
 				params [][][]float32 // per step, per parameter
 			}
 			var init [][]float32
 			run := func(backend *binding.Backend) result {
-				load := trainable
+				opts := model.Options{Backend: backend, Threads: 2}
 				if c.dequantize && backend.IsCPU() {
-					load = func(string) bool { return true }
+					opts.Trainable = func(string) bool { return true }
 				}
-				m, err := model.Load(path, model.Options{Backend: backend, Threads: 2, Trainable: load})
-				require.NoError(t, err)
-				defer m.Close()
-				env, err := method.NewEnv(path, m, m.Backend())
-				require.NoError(t, err)
-				defer env.Close()
-				env.Seed = 3
-				inst, err := meth.New(env, cfg)
-				require.NoError(t, err)
-				defer inst.Close()
-				groups, err := inst.Groups()
-				require.NoError(t, err)
-				var params []*binding.Tensor
-				for _, g := range groups {
-					params = append(params, g.Params...)
-				}
+				in := setup.newInstance(t, path, opts)
+				defer in.close()
+				m, inst, groups, params := in.m, in.inst, in.groups, in.params
 				if init == nil {
 					for _, p := range params {
 						v, err := p.Floats()
@@ -227,33 +202,10 @@ func TestDeviceResumesCPUCheckpoint(t *testing.T) {
 	j := baseJob(t, "lora")
 	j.Train.Steps = 6
 	j.Val, j.ValSplit = "", 0
-	full, err := finetune.Run(context.Background(), j)
-	require.NoError(t, err)
-
-	k := j
-	k.Output = filepath.Join(t.TempDir(), "resumed.gguf")
-	ctx, cancel := context.WithCancel(context.Background())
-	k.Train.OnMetrics = func(m train.Metrics) {
-		if m.Step == 3 {
-			cancel()
-		}
-	}
-	part, err := finetune.Run(ctx, k)
-	require.ErrorIs(t, err, train.ErrInterrupted)
-	k.Train.OnMetrics, k.Train.Resume = nil, true
-	k.Device = devicetest.Name(t)
-	rest, err := finetune.Run(context.Background(), k)
-	require.NoError(t, err)
-	var want, got []float64
-	for _, m := range full.Result.History {
-		want = append(want, m.Loss)
-	}
-	for _, m := range append(part.Result.History, rest.Result.History...) {
-		got = append(got, m.Loss)
-	}
-	require.Len(t, got, len(want))
+	dev := devicetest.Name(t)
+	want, got := interruptAndResume(t, j, dev)
 	for i := range want {
 		require.InDelta(t, want[i], got[i], tol*want[i], "step %d", i+1)
 	}
-	t.Logf("losses: CPU %.6g, CPU then %s %.6g", want, k.Device, got)
+	t.Logf("losses: CPU %.6g, CPU then %s %.6g", want, dev, got)
 }

@@ -129,29 +129,7 @@ func TestResumeWithDropout(t *testing.T) {
 	j.Train.Steps = 6
 	j.Train.GradAccum = 2
 	j.Val, j.ValSplit = "", 0
-	full, err := finetune.Run(context.Background(), j)
-	require.NoError(t, err)
-
-	k := j
-	k.Output = filepath.Join(t.TempDir(), "resumed.gguf")
-	ctx, cancel := context.WithCancel(context.Background())
-	k.Train.OnMetrics = func(m train.Metrics) {
-		if m.Step == 3 {
-			cancel()
-		}
-	}
-	part, err := finetune.Run(ctx, k)
-	require.ErrorIs(t, err, train.ErrInterrupted)
-	k.Train.OnMetrics, k.Train.Resume = nil, true
-	rest, err := finetune.Run(context.Background(), k)
-	require.NoError(t, err)
-	var want, got []float64
-	for _, m := range full.Result.History {
-		want = append(want, m.Loss)
-	}
-	for _, m := range append(part.Result.History, rest.Result.History...) {
-		got = append(got, m.Loss)
-	}
+	want, got := interruptAndResume(t, j, "")
 	require.Len(t, got, len(want))
 	for i := range want {
 		assert.InDelta(t, want[i], got[i], 1e-6, "step %d", i+1)
@@ -194,4 +172,34 @@ func llamaAdapterDiff(t *testing.T, m *model.Model, adapter string) float64 {
 		}
 	}
 	return maxDiff
+}
+
+// interruptAndResume runs j uninterrupted, then again interrupted after its
+// third step and resumed from the checkpoint on device ("" the CPU), and
+// returns the losses of every step of both.
+func interruptAndResume(t *testing.T, j finetune.Job, device string) (want, got []float64) {
+	t.Helper()
+	full, err := finetune.Run(context.Background(), j)
+	require.NoError(t, err)
+	k := j
+	k.Output = filepath.Join(t.TempDir(), "resumed.gguf")
+	ctx, cancel := context.WithCancel(context.Background())
+	k.Train.OnMetrics = func(m train.Metrics) {
+		if m.Step == 3 {
+			cancel()
+		}
+	}
+	part, err := finetune.Run(ctx, k)
+	require.ErrorIs(t, err, train.ErrInterrupted)
+	k.Train.OnMetrics, k.Train.Resume, k.Device = nil, true, device
+	rest, err := finetune.Run(context.Background(), k)
+	require.NoError(t, err)
+	for _, m := range full.Result.History {
+		want = append(want, m.Loss)
+	}
+	for _, m := range append(part.Result.History, rest.Result.History...) {
+		got = append(got, m.Loss)
+	}
+	require.Len(t, got, len(want))
+	return want, got
 }
