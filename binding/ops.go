@@ -604,6 +604,9 @@ func (c *Context) OptStepAdamW(a, grad, m, v, params *Tensor) *Tensor {
 		return c.fail("opt_step_adamw: %w: parameter %v, grad %v, m %v, v %v, params %d", ErrShape,
 			a.Shape(), grad.Shape(), m.Shape(), v.Shape(), params.Elements())
 	}
+	if !a.IsParam() {
+		return c.fail("opt_step_adamw: %s is not marked as a parameter (Tensor.SetParam)", a)
+	}
 	if !c.reserve("opt_step_adamw", 0) {
 		return nil
 	}

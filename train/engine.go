@@ -521,7 +521,12 @@ func (e *Engine) buildOpt() error {
 	}
 	e.normCtx = ctx
 	for _, acc := range e.accs {
-		s := ctx.Sum(ctx.Sqr(acc))
+		var s *binding.Tensor
+		if e.portable() {
+			s = ctx.Sum(ctx.Sqr(acc))
+		} else {
+			s = ctx.SumSquares(acc) // one pass, no temporary of the accumulator's size
+		}
 		if e.normSq == nil {
 			e.normSq = s
 		} else {
@@ -558,9 +563,16 @@ func (e *Engine) buildOpt() error {
 		return fmt.Errorf("new engine: %w", err)
 	}
 	for i, p := range e.params {
-		g := ctx.Mul(e.accs[i], e.factor)
-		step := ctx.OptStepAdamW(p, g, e.ms[i], e.vs[i], e.adamPars[e.groupOf[i]])
-		sq := ctx.Sum(ctx.Sqr(step))
+		var sq *binding.Tensor
+		if e.portable() {
+			g := ctx.Mul(e.accs[i], e.factor)
+			step := ctx.OptStepAdamW(p, g, e.ms[i], e.vs[i], e.adamPars[e.groupOf[i]])
+			sq = ctx.Sum(ctx.Sqr(step))
+		} else {
+			// scaling, AdamW, the finiteness check and zeroing the
+			// accumulator in one pass over the values (memory-bound)
+			sq = ctx.AdamWStep(p, e.accs[i], e.ms[i], e.vs[i], e.adamPars[e.groupOf[i]], e.factor)
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("new engine: optimizer graph: %w", ctx.Err())
 		}
@@ -717,9 +729,11 @@ func (e *Engine) Step(lr float64) (StepStats, error) {
 				e.step, ErrDiverged, e.params[i].Name(), lr)
 		}
 	}
-	for _, acc := range e.accs {
-		if err := acc.Zero(); err != nil {
-			return st, fmt.Errorf("optimizer step: %w", err)
+	if e.portable() { // the CPU's fused step zeroed them
+		for _, acc := range e.accs {
+			if err := acc.Zero(); err != nil {
+				return st, fmt.Errorf("optimizer step: %w", err)
+			}
 		}
 	}
 	e.accumulated, e.lossSum, e.lossTokens = 0, 0, 0
