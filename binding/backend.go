@@ -506,10 +506,7 @@ func (a *Allocator) Alloc(g *Graph) error {
 		}
 		g.preciseProducts()
 		C.ggml_backend_sched_reset(a.sched)
-		if a.graph != nil && a.graph.sched == a {
-			a.graph.sched = nil
-		}
-		a.graph = nil
+		a.detach()
 		if !C.ggml_backend_sched_alloc_graph(a.sched, g.g) {
 			return fmt.Errorf("alloc graph on %s: %w", a.be.name, ErrOutOfMemory)
 		}
@@ -568,15 +565,21 @@ func (a *Allocator) ensureSched(g *Graph) error {
 	return nil
 }
 
+// detach forgets the graph the scheduler held, so that computing it
+// reports that its allocation is gone.
+func (a *Allocator) detach() {
+	if a.graph != nil && a.graph.sched == a {
+		a.graph.sched = nil
+	}
+	a.graph = nil
+}
+
 // freeSched frees the scheduler and detaches the graph it held.
 func (a *Allocator) freeSched() {
 	if a.sched == nil {
 		return
 	}
-	if a.graph != nil && a.graph.sched == a {
-		a.graph.sched = nil
-	}
-	a.graph = nil
+	a.detach()
 	C.ggml_backend_sched_free(a.sched)
 	a.sched = nil
 }
@@ -585,21 +588,12 @@ func (a *Allocator) freeSched() {
 // allocator, the sum of its compute buffers on the device and the CPU).
 func (a *Allocator) BufferSize() int64 {
 	if a.sched != nil {
-		return a.DeviceBufferSize() + int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.host.b))
+		return int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.b)) + int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.host.b))
 	}
 	if a.a == nil {
 		return 0
 	}
 	return int64(C.ggml_gallocr_get_buffer_size(a.a, 0))
-}
-
-// DeviceBufferSize returns the size of the allocator's compute buffer on
-// its backend's device (BufferSize for the CPU).
-func (a *Allocator) DeviceBufferSize() int64 {
-	if a.sched != nil {
-		return int64(C.ggml_backend_sched_get_buffer_size(a.sched, a.be.b))
-	}
-	return a.BufferSize()
 }
 
 // Placement says where the operations of the graph that the allocator

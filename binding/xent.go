@@ -65,13 +65,25 @@ func (c *Context) f32Columns(op string, x *Tensor, ne0, off int64, name string) 
 	return t
 }
 
+// SparseTargets converts targets (−1 where no loss is taken) into the rows
+// and mask inputs of [Context.SparseCrossEntropyOps].
+func SparseTargets(targets []int32) (rows []int32, mask []float32) {
+	rows, mask = make([]int32, len(targets)), make([]float32, len(targets))
+	for i, t := range targets {
+		if t >= 0 {
+			rows[i], mask[i] = t, 1
+		}
+	}
+	return rows, mask
+}
+
 // SparseCrossEntropyOps is [Context.SparseCrossEntropy] built from ggml's
 // own operations, which every backend has (gathers, a softmax, a row
 // scatter), for graphs that run on a device other than the CPU, where
 // ggtune's fused CPU kernel would make the scheduler copy the logits to
 // the host and back. rows holds each position's target, or 0 where no loss
 // is taken (I32 [N]); mask is 1 where a loss is taken and 0 elsewhere (F32
-// [N]). Loss is lse(z) − z[target] with the maximum logit subtracted first
+// [N]); SparseTargets makes both from targets. Loss is lse(z) − z[target] with the maximum logit subtracted first
 // (as the fused kernel does); Correct is 1 where the target's logit equals
 // the largest. Grad is a stop-gradient like the fused kernel's: its values
 // pass through a view typed I32, which ggml's backward pass never enters.

@@ -38,13 +38,7 @@ var xentVariants = []struct {
 		return ctx.SparseCrossEntropy(logits, in.ints(ctx, xentTargets))
 	}},
 	{"ops", func(ctx *binding.Context, logits *binding.Tensor, in *xentInputs) binding.CrossEntropy {
-		rows := make([]int32, len(xentTargets))
-		mask := make([]float32, len(xentTargets))
-		for i, tg := range xentTargets {
-			if tg >= 0 {
-				rows[i], mask[i] = tg, 1
-			}
-		}
+		rows, mask := binding.SparseTargets(xentTargets)
 		return ctx.SparseCrossEntropyOps(logits, in.ints(ctx, rows), in.floats(ctx, mask))
 	}},
 }

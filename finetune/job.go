@@ -253,8 +253,6 @@ func Run(ctx context.Context, j Job) (*Report, error) {
 	return rep, err
 }
 
-// logData prints the data set's summary line (records, examples, drops by
-// reason) to w, if any.
 // logPlacement prints where the operations of the training graph run on a
 // device other than the CPU: how many on the device, and which fell back
 // to the CPU.
@@ -262,12 +260,12 @@ func logPlacement(w io.Writer, be *binding.Backend, p binding.Placement) {
 	if w == nil || be.IsCPU() {
 		return
 	}
-	fmt.Fprintln(w, PlacementSummary(be.Name(), p))
+	fmt.Fprintln(w, placementSummary(be.Name(), p))
 }
 
-// PlacementSummary describes a device graph's placement in one line:
-// "training graph on Vulkan0: 1754 ops in 3 splits; on the CPU: none".
-func PlacementSummary(device string, p binding.Placement) string {
+// placementSummary describes a device graph's placement in one line:
+// "training graph on Vulkan0: 1158 ops in 3 splits; on the CPU: none".
+func placementSummary(device string, p binding.Placement) string {
 	count := func(ops map[string]int) int {
 		n := 0
 		for _, c := range ops {
@@ -292,6 +290,8 @@ func PlacementSummary(device string, p binding.Placement) string {
 	return fmt.Sprintf("training graph on %s: %d ops in %d splits; on the CPU: %s", device, count(p.Ops[device]), p.Splits, cpu)
 }
 
+// logData prints the data set's summary line (records, examples, drops by
+// reason) to w, if any.
 func logData(w io.Writer, ds *data.Dataset) {
 	if w != nil {
 		fmt.Fprintln(w, ds.Summary())

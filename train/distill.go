@@ -199,19 +199,19 @@ type chunkLoss struct {
 // lossChunk computes the loss of positions [c0, c0+m) with logits [V, m]:
 // cross entropy, or the distillation objective.
 func (e *Engine) lossChunk(ctx *binding.Context, in *lossInputs, logits *binding.Tensor, c0, m int64, training bool) chunkLoss {
-	tc := in.targets
-	if m != int64(e.b*e.t) {
-		tc = ctx.View(in.targets, []int64{m}, nil, c0*4)
+	// the chunk's positions of a per-position input (4-byte elements)
+	chunk := func(x *binding.Tensor) *binding.Tensor {
+		if m == int64(e.b*e.t) {
+			return x
+		}
+		return ctx.View(x, []int64{m}, nil, c0*4)
 	}
 	di := in.distill
 	if di == nil && in.rows != nil {
-		rows, mask := in.rows, in.mask
-		if m != int64(e.b*e.t) {
-			rows, mask = ctx.View(rows, []int64{m}, nil, c0*4), ctx.View(mask, []int64{m}, nil, c0*4)
-		}
-		ce := ctx.SparseCrossEntropyOps(logits, rows, mask)
+		ce := ctx.SparseCrossEntropyOps(logits, chunk(in.rows), chunk(in.mask))
 		return chunkLoss{grad: ce.Grad, loss: ce.Loss, correct: ce.Correct}
 	}
+	tc := chunk(in.targets)
 	if di == nil {
 		ce := ctx.SparseCrossEntropy(logits, tc)
 		return chunkLoss{grad: ce.Grad, loss: ce.Loss, correct: ce.Correct}

@@ -200,7 +200,7 @@ type Engine struct {
 type lossInputs struct {
 	targets *binding.Tensor // I32 [B*T], -1 where no loss is taken
 	// rows and mask replace targets on a device backend (the loss from
-	// ggml's own operations): the target or 0, and 1 where a loss is taken.
+	// ggml's own operations; see binding.SparseTargets).
 	rows, mask *binding.Tensor
 	lossSum    *binding.Tensor // Σ loss over the loss tokens
 	correct    *binding.Tensor // loss tokens whose argmax is the target
@@ -352,11 +352,7 @@ func (e *Engine) initState() error {
 // training loss is then Σ h ⊙ stopgrad(dh).
 func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) lossInputs {
 	n := int64(e.b * e.t)
-	in := lossInputs{targets: ctx.NewTensor(binding.TypeI32, n)}
-	if ctx.Err() != nil {
-		return in
-	}
-	in.targets.SetName("targets").SetInput()
+	var in lossInputs
 	if e.portable() && e.distill == nil {
 		in.rows = ctx.NewTensor(binding.TypeI32, n)
 		in.mask = ctx.NewTensor(binding.TypeF32, n)
@@ -365,6 +361,11 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 		}
 		in.rows.SetName("target_rows").SetInput()
 		in.mask.SetName("target_mask").SetInput()
+	} else {
+		if in.targets = ctx.NewTensor(binding.TypeI32, n); ctx.Err() != nil {
+			return in
+		}
+		in.targets.SetName("targets").SetInput()
 	}
 	if e.distill != nil {
 		if err := e.buildTeacher(ctx, &in); err != nil {
@@ -614,13 +615,7 @@ func (e *Engine) setLossInputs(in lossInputs, fwd Forward, batch Batch) (int, er
 			return 0, err
 		}
 	} else {
-		rows := make([]int32, len(batch.Targets))
-		mask := make([]float32, len(batch.Targets))
-		for i, t := range batch.Targets {
-			if t >= 0 {
-				rows[i], mask[i] = t, 1
-			}
-		}
+		rows, mask := binding.SparseTargets(batch.Targets)
 		if err := in.rows.SetInts(rows); err != nil {
 			return 0, err
 		}
