@@ -85,10 +85,7 @@ func TestAdamWStepMatchesGGML(t *testing.T) {
 			require.NoError(t, s.scale.SetFloats([]float32{0.37}))
 			require.NoError(t, be.Compute(s.g))
 		}
-		var wantNorm float64
-		for _, x := range g {
-			wantNorm += float64(x) * float64(x)
-		}
+		wantNorm := sumSquares(g)
 		gotNorm, err := fused.norm.Floats()
 		require.NoError(t, err)
 		require.InDelta(t, wantNorm, gotNorm[0], 1e-6*wantNorm, "SumSquares at step %d", step)
@@ -106,12 +103,17 @@ func TestAdamWStepMatchesGGML(t *testing.T) {
 		require.Equal(t, make([]float32, n), acc, "the fused step zeroes the accumulator")
 		p, err := fused.p.Floats()
 		require.NoError(t, err)
-		var wantSq float64
-		for _, x := range p {
-			wantSq += float64(x) * float64(x)
-		}
+		wantSq := sumSquares(p)
 		gotSq, err := fused.out.Floats()
 		require.NoError(t, err)
 		require.InDelta(t, wantSq, gotSq[0], 1e-6*wantSq, "Σp² at step %d", step)
 	}
+}
+
+func sumSquares(v []float32) float64 {
+	var s float64
+	for _, x := range v {
+		s += float64(x) * float64(x)
+	}
+	return s
 }

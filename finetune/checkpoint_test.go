@@ -24,16 +24,7 @@ func TestGradCheckpointBitwise(t *testing.T) {
 	opt := train.AdamW{Beta1: 0, Beta2: 0, Eps: 1e30}
 	const B, T = 2, 24
 	rng := rand.New(rand.NewPCG(7, 8))
-	batch := train.Batch{B: B, T: T}
-	for i := 0; i < B*T; i++ {
-		batch.Tokens = append(batch.Tokens, int32(rng.IntN(500)+3))
-		target := int32(rng.IntN(500) + 3)
-		if i%5 == 0 {
-			target = -1
-		}
-		batch.Targets = append(batch.Targets, target)
-		batch.Segments = append(batch.Segments, int32(1+i/10))
-	}
+	batch := randomBatch(rng, B, T, 5, 10)
 	for _, name := range []string{"lora", "dora", "full", "prompt", "prefix", "ptuning", "ia3", "bottleneck"} {
 		t.Run(name, func(t *testing.T) {
 			in := resolveMethod(t, name, path).newInstance(t, path, model.Options{Threads: 2})

@@ -31,17 +31,7 @@ func TestDeviceTrainingParity(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	var batches []train.Batch
 	for s := 0; s < steps; s++ {
-		b := train.Batch{B: B, T: T}
-		for i := 0; i < B*T; i++ {
-			b.Tokens = append(b.Tokens, int32(rng.IntN(500)+3))
-			target := int32(rng.IntN(500) + 3)
-			if i%7 == 0 {
-				target = -1
-			}
-			b.Targets = append(b.Targets, target)
-			b.Segments = append(b.Segments, int32(1+i/12))
-		}
-		batches = append(batches, b)
+		batches = append(batches, randomBatch(rng, B, T, 7, 12))
 	}
 	q8 := filepath.Join(t.TempDir(), "qwen2-q8_0.gguf")
 	require.NoError(t, randmodel.Write(q8, randmodel.Options{Arch: "qwen2", NEmbd: 64, NHead: 4, NHeadKV: 2, NFF: 128,

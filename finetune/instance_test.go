@@ -1,6 +1,7 @@
 package finetune_test
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -75,4 +76,21 @@ func (s methodSetup) newInstance(t *testing.T, path string, opts model.Options) 
 		out.params = append(out.params, g.Params...)
 	}
 	return out
+}
+
+// randomBatch is a B×T batch of random tokens and targets in stories260K's
+// vocabulary, with every maskEvery-th position carrying no loss and packed
+// documents of segLen positions.
+func randomBatch(rng *rand.Rand, b, t, maskEvery, segLen int) train.Batch {
+	batch := train.Batch{B: b, T: t}
+	for i := 0; i < b*t; i++ {
+		batch.Tokens = append(batch.Tokens, int32(rng.IntN(500)+3))
+		target := int32(rng.IntN(500) + 3)
+		if i%maskEvery == 0 {
+			target = -1
+		}
+		batch.Targets = append(batch.Targets, target)
+		batch.Segments = append(batch.Segments, int32(1+i/segLen))
+	}
+	return batch
 }

@@ -3,7 +3,6 @@ package model_test
 import (
 	"context"
 	"encoding/json"
-	"math"
 	"os"
 	"testing"
 
@@ -29,10 +28,7 @@ func TestDeviceLogitsParity(t *testing.T) {
 	want := oracleLogits(t, path, tokens, true)
 	got, err := m.Logits(model.Shape{Batch: 1, Tokens: len(tokens)}, tokens, nil, nil)
 	require.NoError(t, err)
-	worst := 0.0
-	for i := range tokens {
-		worst = math.Max(worst, maxAbsDiff(got[i*nv:(i+1)*nv], want[i]))
-	}
+	worst := worstLogitDiff(got, want, nv)
 	t.Logf("stories260K on %s: max abs diff over %d positions = %.3g", be.Name(), len(tokens), worst)
 	require.Less(t, worst, 1e-4)
 }
