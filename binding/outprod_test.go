@@ -2,6 +2,7 @@ package binding_test
 
 import (
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -120,4 +121,71 @@ func dequantizedData(t *binding.Tensor) []float32 {
 		panic(err)
 	}
 	return v
+}
+
+// TestInputGradientGEMM checks ggtune's input-gradient product (the
+// rewrite of out_prod(w, transpose(dy)) into ggtune_mm_nn) against float64
+// sums over w's dequantized values, for shapes that exercise every edge of
+// its blocking: columns not a multiple of a strip, more rows than a panel,
+// positions not a multiple of a micro-tile, more columns than a panel,
+// fewer column units than threads, and block sizes of 1, 32 and 256.
+func TestInputGradientGEMM(t *testing.T) {
+	for _, c := range []struct {
+		typ        binding.Type
+		in, out, n int64
+		threads    int
+	}{
+		{binding.TypeF32, 37, 300, 13, 2},
+		{binding.TypeF32, 1100, 70, 25, 2},
+		{binding.TypeF32, 64, 600, 12, 1},
+		{binding.TypeQ4_0, 64, 50, 7, 2},
+		{binding.TypeQ8_0, 96, 520, 30, 1},
+		{binding.TypeQ8_0, 32, 64, 40, 2},
+		{binding.TypeQ4_K, 512, 40, 5, 2},
+	} {
+		t.Run(fmt.Sprintf("%v %dx%d by %d, %d threads", c.typ, c.in, c.out, c.n, c.threads), func(t *testing.T) {
+			ctx, err := binding.NewContext(64<<20, false)
+			require.NoError(t, err)
+			defer ctx.Close()
+			w := ctx.NewTensor(c.typ, c.in, c.out)
+			require.NoError(t, w.SetFloats(dequantizedData(constF32(ctx, 11, -1, 1, c.in, c.out))))
+			wf, err := w.Floats()
+			require.NoError(t, err)
+			x := constF32(ctx, 12, -1, 1, c.in, c.n)
+			require.NoError(t, x.SetParam())
+			dy := constF32(ctx, 13, -1, 1, c.out, c.n)
+			dyf := dequantizedData(dy)
+			loss := ctx.Sum(ctx.Mul(ctx.MulMat(w, x), dy))
+			require.NoError(t, ctx.Err())
+			require.NoError(t, loss.SetLoss())
+			g, err := ctx.NewGraph(64, true)
+			require.NoError(t, err)
+			require.NoError(t, g.BuildForward(loss))
+			require.NoError(t, g.BuildBackward(ctx))
+			for i := 0; i < g.NumNodes(); i++ {
+				require.NotEqual(t, "OUT_PROD", g.Node(i).Op())
+			}
+			be, err := binding.NewCPUBackend(c.threads)
+			require.NoError(t, err)
+			defer be.Close()
+			g.Reset()
+			require.NoError(t, be.Compute(g))
+			gx, err := g.Grad(x).Floats()
+			require.NoError(t, err)
+			require.Len(t, gx, int(c.in*c.n))
+			worst := 0.0
+			for p := int64(0); p < c.n; p++ {
+				for i := int64(0); i < c.in; i++ {
+					var want, scale float64
+					for o := int64(0); o < c.out; o++ {
+						v := float64(wf[o*c.in+i]) * float64(dyf[p*c.out+o])
+						want += v
+						scale += math.Abs(v)
+					}
+					worst = max(worst, math.Abs(float64(gx[p*c.in+i])-want)/scale)
+				}
+			}
+			assert.Less(t, worst, 1e-6, "worst error relative to Σ|w·dy|")
+		})
+	}
 }

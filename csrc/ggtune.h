@@ -34,9 +34,11 @@ struct ggml_tensor * ggtune_view_f32(struct ggml_context * ctx, struct ggml_tens
 struct ggml_tensor * ggtune_transpose_f32(struct ggml_context * ctx, struct ggml_tensor * a);
 
 // ggtune_rewrite_out_prod replaces the 2-D and 3-D OUT_PROD nodes of a backward
-// graph by MUL_MAT nodes over transposed operands (ggml's CPU OUT_PROD is
-// several times slower per FLOP than its MUL_MAT, which uses tiled GEMM
-// kernels): out_prod(a, b) = mul_mat(aᵀ, bᵀ), where the transpose of a
+// graph by faster products (ggml's CPU OUT_PROD is several times slower per
+// FLOP than its MUL_MAT, which uses tiled GEMM kernels). Unless portable is
+// set, an input gradient out_prod(w, transpose(dy)) becomes ggtune_mm_nn(w,
+// dy) (gemm.h), which reads w as it is. Any other becomes a MUL_MAT over
+// transposed operands, out_prod(a, b) = mul_mat(aᵀ, bᵀ), where the transpose of a
 // transposed view is its source and any other operand is transposed into a
 // new F32 tensor inserted before the node, of at most max_elems elements: a
 // larger frozen matrix (a whole embedding) is transposed in slices of
