@@ -123,13 +123,15 @@ func dequantizedData(t *binding.Tensor) []float32 {
 	return v
 }
 
-// TestInputGradientGEMM checks ggtune's input-gradient product (the
-// rewrite of out_prod(w, transpose(dy)) into ggtune_mm_nn) against float64
-// sums over w's dequantized values, for shapes that exercise every edge of
-// its blocking: columns not a multiple of a strip, more rows than a panel,
+// TestProductsGEMM checks ggtune's GEMM in its three forms (the forward
+// product mul_mat(w, x), the input gradient out_prod(w, transpose(dy)) and,
+// for an F32 w, the weight gradient out_prod(x, dy)) against float64 sums
+// over w's dequantized values, for shapes that exercise every edge of its
+// blocking: columns not a multiple of a strip, more rows than a panel,
 // positions not a multiple of a micro-tile, more columns than a panel,
-// fewer column units than threads, and block sizes of 1, 32 and 256.
-func TestInputGradientGEMM(t *testing.T) {
+// fewer column units than threads, more rows than the packed rows of the
+// F32 operand, and block sizes of 1, 32 and 256.
+func TestProductsGEMM(t *testing.T) {
 	for _, c := range []struct {
 		typ        binding.Type
 		in, out, n int64
@@ -138,10 +140,11 @@ func TestInputGradientGEMM(t *testing.T) {
 		{binding.TypeF32, 37, 300, 13, 2},
 		{binding.TypeF32, 1100, 70, 25, 2},
 		{binding.TypeF32, 64, 600, 12, 1},
-		{binding.TypeQ4_0, 64, 50, 7, 2},
+		{binding.TypeF32, 40, 1700, 12, 2}, // a weight gradient of more rows than a packed panel
+		{binding.TypeQ4_0, 64, 50, 17, 2},
 		{binding.TypeQ8_0, 96, 520, 30, 1},
 		{binding.TypeQ8_0, 32, 64, 40, 2},
-		{binding.TypeQ4_K, 512, 40, 5, 2},
+		{binding.TypeQ4_K, 512, 40, 13, 2},
 	} {
 		t.Run(fmt.Sprintf("%v %dx%d by %d, %d threads", c.typ, c.in, c.out, c.n, c.threads), func(t *testing.T) {
 			ctx, err := binding.NewContext(64<<20, false)
@@ -152,7 +155,11 @@ func TestInputGradientGEMM(t *testing.T) {
 			wf, err := w.Floats()
 			require.NoError(t, err)
 			x := constF32(ctx, 12, -1, 1, c.in, c.n)
+			xf := dequantizedData(x)
 			require.NoError(t, x.SetParam())
+			if c.typ == binding.TypeF32 {
+				require.NoError(t, w.SetParam())
+			}
 			dy := constF32(ctx, 13, -1, 1, c.out, c.n)
 			dyf := dequantizedData(dy)
 			loss := ctx.Sum(ctx.Mul(ctx.MulMat(w, x), dy))
@@ -164,6 +171,7 @@ func TestInputGradientGEMM(t *testing.T) {
 			require.NoError(t, g.BuildBackward(ctx))
 			for i := 0; i < g.NumNodes(); i++ {
 				require.NotEqual(t, "OUT_PROD", g.Node(i).Op())
+				require.NotEqual(t, "MUL_MAT", g.Node(i).Op())
 			}
 			be, err := binding.NewCPUBackend(c.threads)
 			require.NoError(t, err)
@@ -185,7 +193,42 @@ func TestInputGradientGEMM(t *testing.T) {
 					worst = max(worst, math.Abs(float64(gx[p*c.in+i])-want)/scale)
 				}
 			}
-			assert.Less(t, worst, 1e-6, "worst error relative to Σ|w·dy|")
+			assert.Less(t, worst, 1e-6, "input gradient: worst error relative to Σ|w·dy|")
+			// the forward product, through the loss Σ (w·x) ⊙ dy
+			var want, scale float64
+			for p := int64(0); p < c.n; p++ {
+				for o := int64(0); o < c.out; o++ {
+					var y, ys float64
+					for i := int64(0); i < c.in; i++ {
+						v := float64(wf[o*c.in+i]) * float64(xf[p*c.in+i])
+						y += v
+						ys += math.Abs(v)
+					}
+					want += y * float64(dyf[p*c.out+o])
+					scale += ys * math.Abs(float64(dyf[p*c.out+o]))
+				}
+			}
+			got, err := loss.Floats()
+			require.NoError(t, err)
+			assert.Less(t, math.Abs(float64(got[0])-want)/scale, 1e-6, "loss")
+			if c.typ != binding.TypeF32 {
+				return
+			}
+			gw, err := g.Grad(w).Floats()
+			require.NoError(t, err)
+			worst = 0
+			for o := int64(0); o < c.out; o++ {
+				for i := int64(0); i < c.in; i++ {
+					var want, scale float64
+					for p := int64(0); p < c.n; p++ {
+						v := float64(xf[p*c.in+i]) * float64(dyf[p*c.out+o])
+						want += v
+						scale += math.Abs(v)
+					}
+					worst = max(worst, math.Abs(float64(gw[o*c.in+i])-want)/scale)
+				}
+			}
+			assert.Less(t, worst, 1e-6, "weight gradient: worst error relative to Σ|x·dy|")
 		})
 	}
 }

@@ -19,6 +19,9 @@
 #define GGTUNE_NR 32
 #define GGTUNE_KC 256
 #define GGTUNE_NC 512
+// Rows of the product (of the F32 operand) packed at a time (1.5 MiB at most),
+// once for all of a thread's column panels.
+#define GGTUNE_MC 1536
 
 // ggtune_pack_rows writes rows k0..k0+kb of w, columns j0..j0+nc, as strips
 // of GGTUNE_NR columns (strip s holds kb rows of GGTUNE_NR floats, zero past
@@ -46,36 +49,92 @@ static void ggtune_pack_rows(const struct ggml_tensor * w, ggml_to_float_t to_fl
     }
 }
 
+#if defined(__AVX512F__)
+// ggtune_transpose16 writes the transpose of the 16 × 16 block whose row r
+// starts at src[r] to dst (row stride ldd floats).
+static inline void ggtune_transpose16(const float * const src[16], float * dst, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = _mm512_loadu_ps(src[i]);
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int h = 0; h < 16; h += 8) {
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
+        _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+    }
+}
+#endif
+
 // ggtune_pack_cols writes the same panel for mul_mat(w, x), where w's rows
 // are the product's columns: row j0+j, elements k0..k0+kb, goes to lane j of
-// its strip (a transpose done in cache).
+// its strip (a transpose done in cache, 16 × 16 blocks at a time). rows has
+// room for 16 × GGTUNE_KC floats.
 static void ggtune_pack_cols(const struct ggml_tensor * w, ggml_to_float_t to_float, int64_t k0, int64_t kb, int64_t j0, int64_t nc,
-                             float * buf, float * row) {
+                             float * buf, float * rows) {
     const size_t off = (size_t) (k0 / ggml_blck_size(w->type)) * ggml_type_size(w->type);
     const int64_t ns = (nc + GGTUNE_NR - 1) / GGTUNE_NR;
-    for (int64_t j = 0; j < ns * GGTUNE_NR; j++) {
-        float * d = buf + (j / GGTUNE_NR) * kb * GGTUNE_NR + j % GGTUNE_NR;
-        if (j >= nc) {
-            for (int64_t k = 0; k < kb; k++) {
-                d[k * GGTUNE_NR] = 0.0f;
+    for (int64_t g = 0; g < ns * GGTUNE_NR; g += 16) {
+        float * d = buf + (g / GGTUNE_NR) * kb * GGTUNE_NR + g % GGTUNE_NR;
+        const float * src[16];
+        for (int64_t r = 0; r < 16; r++) {
+            src[r] = NULL;
+            if (g + r < nc) {
+                const char * p = (const char *) w->data + (j0 + g + r) * w->nb[1] + off;
+                src[r] = (const float *) p;
+                if (to_float != NULL) {
+                    to_float(p, rows + r * GGTUNE_KC, kb);
+                    src[r] = rows + r * GGTUNE_KC;
+                }
             }
-            continue;
         }
-        const char * src = (const char *) w->data + (j0 + j) * w->nb[1] + off;
-        const float * r = (const float *) src;
-        if (to_float != NULL) {
-            to_float(src, row, kb);
-            r = row;
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        if (g + 16 <= nc) {
+            for (; k + 16 <= kb; k += 16) {
+                const float * at[16];
+                for (int r = 0; r < 16; r++) {
+                    at[r] = src[r] + k;
+                }
+                ggtune_transpose16(at, d + k * GGTUNE_NR, GGTUNE_NR);
+            }
         }
-        for (int64_t k = 0; k < kb; k++) {
-            d[k * GGTUNE_NR] = r[k];
+#endif
+        for (; k < kb; k++) {
+            for (int64_t r = 0; r < 16; r++) {
+                d[k * GGTUNE_NR + r] = src[r] != NULL ? src[r][k] : 0.0f;
+            }
         }
     }
 }
 
-// ggtune_pack_dy writes rows t0..t0+mr of the F32 operand dy, columns
-// k0..k0+kb, k-major (GGTUNE_MR values per k, zero past mr).
-static void ggtune_pack_dy(const struct ggml_tensor * dy, int64_t t0, int64_t mr, int64_t k0, int64_t kb, float * buf) {
+// ggtune_pack_a writes rows t0..t0+mr of the F32 operand a, columns
+// k0..k0+kb, k-major (GGTUNE_MR values per k, zero past mr). Row t of the
+// operand is a's row t (rows contiguous along k) or, with trans set, a's
+// column t (a's row k holds the operand's column k).
+static void ggtune_pack_a(const struct ggml_tensor * a, int trans, int64_t t0, int64_t mr, int64_t k0, int64_t kb, float * buf) {
+    if (trans) {
+        for (int64_t k = 0; k < kb; k++) {
+            const float * src = (const float *) ((const char *) a->data + (k0 + k) * a->nb[1]) + t0;
+            memcpy(buf + k * GGTUNE_MR, src, (size_t) mr * sizeof(float));
+            memset(buf + k * GGTUNE_MR + mr, 0, (size_t) (GGTUNE_MR - mr) * sizeof(float));
+        }
+        return;
+    }
     for (int64_t r = 0; r < GGTUNE_MR; r++) {
         if (r >= mr) {
             for (int64_t k = 0; k < kb; k++) {
@@ -83,7 +142,7 @@ static void ggtune_pack_dy(const struct ggml_tensor * dy, int64_t t0, int64_t mr
             }
             continue;
         }
-        const float * src = (const float *) ((const char *) dy->data + (t0 + r) * dy->nb[1]) + k0;
+        const float * src = (const float *) ((const char *) a->data + (t0 + r) * a->nb[1]) + k0;
         for (int64_t k = 0; k < kb; k++) {
             buf[k * GGTUNE_MR + r] = src[k];
         }
@@ -145,17 +204,28 @@ static void ggtune_mm_tile(int64_t kb, const float * restrict a, const float * r
 #endif
 }
 
-// ggtune_mm_run computes thread ith's part of dst = w·dy (rows, set) or of
-// dst = mul_mat(w, dy) (rows unset).
-static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, int rows) {
+// The products ggtune_mm_run computes (the custom op's userdata): the
+// first source w is read by rows (w's rows run along the inner dimension)
+// or by columns (w's rows are the product's columns), the second source a
+// by rows or transposed.
+enum ggtune_mm_mode {
+    GGTUNE_MM_ROWS = 1,    // dst = out_prod(w, transpose(a)): Σ_k w[:, k] a[k, t]
+    GGTUNE_MM_COLS = 2,    // dst = mul_mat(w, a): Σ_k w[k, :] a[k, t]
+    GGTUNE_MM_ROWS_AT = 3, // dst = out_prod(w, a): Σ_k w[:, k] a[t, k]
+};
+
+// ggtune_mm_run computes thread ith's part of dst in the given mode.
+static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, enum ggtune_mm_mode mode) {
     const struct ggml_tensor * w = dst->src[0];
-    const struct ggml_tensor * dy = dst->src[1];
+    const struct ggml_tensor * a = dst->src[1];
+    const int rows = mode != GGTUNE_MM_COLS;
+    const int trans = mode == GGTUNE_MM_ROWS_AT;
     const int64_t ni = rows ? w->ne[0] : w->ne[1]; // the product's columns
     const int64_t no = rows ? w->ne[1] : w->ne[0]; // its inner dimension
-    const int64_t nt = dy->ne[1];
+    const int64_t nt = trans ? a->ne[0] : a->ne[1];
     // columns go to threads in units of a strip (or, when they cut w's
     // rows, of a quantization block if larger); with fewer units than
-    // threads, rows of dy too
+    // threads, rows of a too
     const int64_t blck = ggml_blck_size(w->type);
     const int64_t unit = rows && blck > GGTUNE_NR ? blck : GGTUNE_NR;
     const int64_t units = (ni + unit - 1) / unit;
@@ -175,30 +245,38 @@ static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, int rows) 
         return;
     }
     const ggml_to_float_t to_float = w->type == GGML_TYPE_F32 ? NULL : ggml_get_type_traits(w->type)->to_float;
-    const size_t nb = (size_t) (GGTUNE_KC * GGTUNE_NC + GGTUNE_KC * GGTUNE_MR + (GGTUNE_NC > GGTUNE_KC ? GGTUNE_NC : GGTUNE_KC)) * sizeof(float);
-    float * bbuf = aligned_alloc(64, nb);
+    const int64_t mc = t1 - t0 < GGTUNE_MC ? (t1 - t0 + GGTUNE_MR - 1) / GGTUNE_MR * GGTUNE_MR : GGTUNE_MC;
+    const int64_t nrow = GGTUNE_NC > 16 * GGTUNE_KC ? GGTUNE_NC : 16 * GGTUNE_KC;
+    float * bbuf = aligned_alloc(64, (size_t) (GGTUNE_KC * GGTUNE_NC + mc * GGTUNE_KC + nrow) * sizeof(float));
     if (bbuf == NULL) {
         abort();
     }
     float * abuf = bbuf + GGTUNE_KC * GGTUNE_NC;
-    float * row = abuf + GGTUNE_KC * GGTUNE_MR;
-    for (int64_t jc = j0; jc < j1; jc += GGTUNE_NC) {
-        const int64_t nc = j1 - jc < GGTUNE_NC ? j1 - jc : GGTUNE_NC;
-        const int64_t ns = (nc + GGTUNE_NR - 1) / GGTUNE_NR;
+    float * row = abuf + mc * GGTUNE_KC;
+    const int64_t ldc = dst->nb[1] / sizeof(float);
+    for (int64_t tc = t0; tc < t1; tc += mc) {
+        const int64_t tn = t1 - tc < mc ? t1 - tc : mc;
         for (int64_t kc = 0; kc < no; kc += GGTUNE_KC) {
             const int64_t kb = no - kc < GGTUNE_KC ? no - kc : GGTUNE_KC;
-            if (rows) {
-                ggtune_pack_rows(w, to_float, kc, kb, jc, nc, bbuf, row);
-            } else {
-                ggtune_pack_cols(w, to_float, kc, kb, jc, nc, bbuf, row);
+            // the rows' panel of a, packed once for every column panel
+            for (int64_t t = 0; t < tn; t += GGTUNE_MR) {
+                ggtune_pack_a(a, trans, tc + t, tn - t < GGTUNE_MR ? tn - t : GGTUNE_MR, kc, kb, abuf + t * kb);
             }
-            for (int64_t t = t0; t < t1; t += GGTUNE_MR) {
-                const int64_t mr = t1 - t < GGTUNE_MR ? t1 - t : GGTUNE_MR;
-                ggtune_pack_dy(dy, t, mr, kc, kb, abuf);
-                float * c = (float *) ((char *) dst->data + t * dst->nb[1]) + jc;
-                for (int64_t s = 0; s < ns; s++) {
-                    const int64_t n = nc - s * GGTUNE_NR < GGTUNE_NR ? nc - s * GGTUNE_NR : GGTUNE_NR;
-                    ggtune_mm_tile(kb, abuf, bbuf + s * kb * GGTUNE_NR, c + s * GGTUNE_NR, dst->nb[1] / sizeof(float), mr, n, kc == 0);
+            for (int64_t jc = j0; jc < j1; jc += GGTUNE_NC) {
+                const int64_t nc = j1 - jc < GGTUNE_NC ? j1 - jc : GGTUNE_NC;
+                const int64_t ns = (nc + GGTUNE_NR - 1) / GGTUNE_NR;
+                if (rows) {
+                    ggtune_pack_rows(w, to_float, kc, kb, jc, nc, bbuf, row);
+                } else {
+                    ggtune_pack_cols(w, to_float, kc, kb, jc, nc, bbuf, row);
+                }
+                for (int64_t t = 0; t < tn; t += GGTUNE_MR) {
+                    const int64_t mr = tn - t < GGTUNE_MR ? tn - t : GGTUNE_MR;
+                    float * c = (float *) ((char *) dst->data + (tc + t) * dst->nb[1]) + jc;
+                    for (int64_t s = 0; s < ns; s++) {
+                        const int64_t n = nc - s * GGTUNE_NR < GGTUNE_NR ? nc - s * GGTUNE_NR : GGTUNE_NR;
+                        ggtune_mm_tile(kb, abuf + t * kb, bbuf + s * kb * GGTUNE_NR, c + s * GGTUNE_NR, ldc, mr, n, kc == 0);
+                    }
                 }
             }
         }
@@ -206,14 +284,8 @@ static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, int rows) 
     free(bbuf);
 }
 
-static void ggtune_mm_nn_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
-    (void) userdata;
-    ggtune_mm_run(dst, ith, nth, 1);
-}
-
-static void ggtune_mm_nt_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
-    (void) userdata;
-    ggtune_mm_run(dst, ith, nth, 0);
+static void ggtune_mm_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
+    ggtune_mm_run(dst, ith, nth, (enum ggtune_mm_mode) (intptr_t) userdata);
 }
 
 // ggtune_w_readable reports whether the packers can read w: a 2-D matrix of
@@ -230,35 +302,48 @@ static int ggtune_w_readable(const struct ggml_tensor * w) {
     return blck == 1 || (GGTUNE_NC % blck == 0 && GGTUNE_KC % blck == 0 && (blck <= GGTUNE_NR ? GGTUNE_NR % blck == 0 : blck % GGTUNE_NR == 0));
 }
 
-// ggtune_dy_readable reports whether the F32 operand fits: 2-D, rows
-// contiguous, inner dimension k.
-static int ggtune_dy_readable(const struct ggml_tensor * dy, int64_t k) {
-    return dy->type == GGML_TYPE_F32 && dy->ne[2] == 1 && dy->ne[3] == 1 && dy->nb[0] == sizeof(float) && dy->ne[0] == k;
+// ggtune_a_readable reports whether the F32 operand a fits: 2-D, rows
+// contiguous, inner dimension k along its rows (or, with trans set, along
+// its columns).
+static int ggtune_a_readable(const struct ggml_tensor * a, int64_t k, int trans) {
+    return a->type == GGML_TYPE_F32 && a->ne[2] == 1 && a->ne[3] == 1 && a->nb[0] == sizeof(float) && a->ne[trans ? 1 : 0] == k;
 }
 
-int ggtune_mm_nn_supported(const struct ggml_tensor * w, const struct ggml_tensor * dy) {
-    return ggtune_w_readable(w) && ggtune_dy_readable(dy, w->ne[1]);
-}
-
-int ggtune_mm_nt_supported(const struct ggml_tensor * w, const struct ggml_tensor * x) {
-    // products narrower than a strip or shorter than a micro-tile (LoRA's
-    // rank, single positions) stay with ggml
-    return ggtune_w_readable(w) && ggtune_dy_readable(x, w->ne[0]) && w->ne[1] >= GGTUNE_NR && x->ne[1] >= GGTUNE_MR;
-}
-
-static void ggtune_set_custom(struct ggml_tensor * node, ggml_custom_op_t fun, struct ggml_tensor * w, struct ggml_tensor * dy) {
-    struct ggml_custom_op_params p = { fun, GGML_N_TASKS_MAX, NULL };
+static void ggtune_set_custom(struct ggml_tensor * node, enum ggtune_mm_mode mode, struct ggml_tensor * w, struct ggml_tensor * a) {
+    struct ggml_custom_op_params p = { ggtune_mm_op, GGML_N_TASKS_MAX, (void *) (intptr_t) mode };
     ggml_set_op_params(node, &p, sizeof(p));
     node->op = GGML_OP_CUSTOM;
     memset(node->src, 0, sizeof(node->src));
     node->src[0] = w;
-    node->src[1] = dy;
+    node->src[1] = a;
 }
 
-void ggtune_set_mm_nn(struct ggml_tensor * node, struct ggml_tensor * w, struct ggml_tensor * dy) {
-    ggtune_set_custom(node, ggtune_mm_nn_op, w, dy);
+int ggtune_set_out_prod(struct ggml_tensor * node) {
+    struct ggml_tensor * w = node->src[0];
+    struct ggml_tensor * b = node->src[1];
+    if (node->op != GGML_OP_OUT_PROD || node->type != GGML_TYPE_F32 || node->ne[2] != 1 || node->ne[3] != 1 || !ggtune_w_readable(w)) {
+        return 0;
+    }
+    if (b->op == GGML_OP_TRANSPOSE && ggtune_a_readable(b->src[0], w->ne[1], 0)) {
+        ggtune_set_custom(node, GGTUNE_MM_ROWS, w, b->src[0]);
+        return 1;
+    }
+    if (ggtune_a_readable(b, w->ne[1], 1)) {
+        ggtune_set_custom(node, GGTUNE_MM_ROWS_AT, w, b);
+        return 1;
+    }
+    return 0;
 }
 
-void ggtune_set_mm_nt(struct ggml_tensor * node) {
-    ggtune_set_custom(node, ggtune_mm_nt_op, node->src[0], node->src[1]);
+int ggtune_set_mul_mat(struct ggml_tensor * node) {
+    struct ggml_tensor * w = node->src[0];
+    struct ggml_tensor * x = node->src[1];
+    // products narrower than a strip or shorter than a micro-tile (LoRA's
+    // rank, single positions) stay with ggml
+    if (node->op != GGML_OP_MUL_MAT || !ggtune_w_readable(w) || !ggtune_a_readable(x, w->ne[0], 0) || w->ne[1] < GGTUNE_NR ||
+        x->ne[1] < GGTUNE_MR) {
+        return 0;
+    }
+    ggtune_set_custom(node, GGTUNE_MM_COLS, w, x);
+    return 1;
 }

@@ -15,23 +15,19 @@ extern "C" {
 // BF16, quantized), rows contiguous, whole blocks; the other operand is a
 // 2-D F32 matrix with contiguous rows.
 
-// ggtune_mm_nn_supported reports whether ggtune_set_mm_nn takes w and dy.
-int ggtune_mm_nn_supported(const struct ggml_tensor * w, const struct ggml_tensor * dy);
+// ggtune_set_out_prod computes the 2-D OUT_PROD node out_prod(w, b) with
+// ggtune's GEMM, in place (its consumers keep it), and returns 1; or returns
+// 0 and leaves it if the operands do not fit. Two forms fit: an input
+// gradient out_prod(w, transpose(dy)) = Σ_o w[:, o] dy[o, t] (with w any
+// readable type), read without a transposed copy of w; and a weight
+// gradient out_prod(x, dy) = Σ_t x[:, t] dy[:, t] over F32 activations.
+int ggtune_set_out_prod(struct ggml_tensor * node);
 
-// ggtune_set_mm_nn turns node, an F32 [w.ne0, dy.ne1] tensor, into the
-// product x[i, t] = Σ_o w[i, o] · dy[o, t] in place (so that its consumers
-// keep it): the gradient with respect to the input of mul_mat(w, x), which
-// ggml's backward writes as out_prod(w, transpose(dy)), without the
-// transposed copy of w that a MUL_MAT would need.
-void ggtune_set_mm_nn(struct ggml_tensor * node, struct ggml_tensor * w, struct ggml_tensor * dy);
-
-// ggtune_mm_nt_supported reports whether ggtune_set_mm_nt takes
-// mul_mat(w, x).
-int ggtune_mm_nt_supported(const struct ggml_tensor * w, const struct ggml_tensor * x);
-
-// ggtune_set_mm_nt computes the MUL_MAT node mul_mat(w, x) with ggtune's
-// GEMM instead of ggml's (which quantizes x to w's type for a quantized w).
-void ggtune_set_mm_nt(struct ggml_tensor * node);
+// ggtune_set_mul_mat computes the MUL_MAT node mul_mat(w, x) with ggtune's
+// GEMM instead of ggml's (which quantizes x to w's type for a quantized w)
+// and returns 1, or returns 0 and leaves it: products narrower than 32
+// columns or over fewer than 12 positions stay with ggml.
+int ggtune_set_mul_mat(struct ggml_tensor * node);
 
 #ifdef __cplusplus
 }

@@ -231,13 +231,10 @@ int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * grap
     int rewritten = 0;
     for (int i = 0; i < n; i++) {
         struct ggml_tensor * node = nodes[i];
-        if (!portable && node->op == GGML_OP_OUT_PROD && node->type == GGML_TYPE_F32 && node->ne[2] == 1 && node->ne[3] == 1 &&
-            node->src[1]->op == GGML_OP_TRANSPOSE && ggtune_mm_nn_supported(node->src[0], node->src[1]->src[0])) {
-            // an input gradient w·dy: ggtune's GEMM reads w as it is
-            ggtune_set_mm_nn(node, node->src[0], node->src[1]->src[0]);
+        if (!portable && ggtune_set_out_prod(node)) {
             rewritten++;
-        } else if (!portable && node->op == GGML_OP_MUL_MAT && ggtune_mm_nt_supported(node->src[0], node->src[1])) {
-            ggtune_set_mm_nt(node);
+        } else if (!portable && ggtune_set_mul_mat(node)) {
+            // a forward product: F32 on dequantized panels
         } else if (node->op == GGML_OP_OUT_PROD && node->type == GGML_TYPE_F32 && ggtune_is_3d(node) && ggtune_is_3d(node->src[0]) &&
             ggtune_is_3d(node->src[1]) && m + 8 + (n - i) <= cap) {
             const int m0 = m;
