@@ -217,9 +217,9 @@ type lossInputs struct {
 }
 
 // chunkElems bounds the vocabulary-sized tensors of one chunk of positions
-// (16M elements, 64 MiB of F32): past twice that, the head and the loss are
-// computed chunk by chunk. A variable for tests.
-var chunkElems int64 = 16 << 20
+// (8M elements, 32 MiB of F32): past twice that, the head and the loss are
+// computed in equal chunks. A variable for tests.
+var chunkElems int64 = 8 << 20
 
 // plainHead returns the frozen output weight W and the hidden states h when
 // logits are exactly W·h (no hook or bias on the output layer, W no
@@ -376,7 +376,9 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 	chunk := n
 	w, h := plainHead(fwd.Logits())
 	if w != nil && h.Dim(1) == n && int64(e.vocab)*n > 2*chunkElems {
-		chunk = max(16, chunkElems/int64(e.vocab)/16*16)
+		// equal chunks of a multiple of 16 positions
+		k := (int64(e.vocab)*n + chunkElems - 1) / chunkElems
+		chunk = max(16, ((n+k-1)/k+15)/16*16)
 	}
 	if chunk >= n {
 		logits := ctx.Reshape(fwd.Logits(), int64(e.vocab), n)
@@ -414,7 +416,13 @@ func (e *Engine) buildLoss(ctx *binding.Context, fwd Forward, training bool) los
 			}
 			if training {
 				// ∂loss/∂h of the chunk, from operands that need no gradient
-				dh := ctx.OutProd(w, ctx.Transpose(ctx.Cont(ce.grad)))
+				g := ce.grad
+				if e.portable() {
+					// the rewrite's transposes on a device want it contiguous;
+					// on the CPU, ggtune's GEMM reads the strided rows
+					g = ctx.Cont(g)
+				}
+				dh := ctx.OutProd(w, ctx.Transpose(g))
 				in.loss = add(in.loss, ctx.Sum(ctx.Mul(hc, dh)))
 				in.order = append(in.order, in.loss)
 			}
