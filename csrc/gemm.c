@@ -1,5 +1,6 @@
 #include "gemm.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,50 @@
 // Rows of the product (of the F32 operand) packed at a time (1.5 MiB at most),
 // once for all of a thread's column panels.
 #define GGTUNE_MC 1536
+
+// Each thread's packing buffer, kept from one product to the next (a fresh
+// allocation per product would map and unmap megabytes each time, with the
+// page faults and TLB shootdowns that go with it). It is freed when the
+// thread exits; a thread that never exits keeps one buffer (a few MiB).
+struct ggtune_scratch {
+    float * p;
+    size_t n;
+};
+
+static pthread_key_t ggtune_scratch_key;
+static pthread_once_t ggtune_scratch_once = PTHREAD_ONCE_INIT;
+
+static void ggtune_scratch_free(void * v) {
+    struct ggtune_scratch * b = v;
+    free(b->p);
+    free(b);
+}
+
+static void ggtune_scratch_init(void) {
+    if (pthread_key_create(&ggtune_scratch_key, ggtune_scratch_free) != 0) {
+        abort();
+    }
+}
+
+// ggtune_scratch_get returns the calling thread's buffer of at least n
+// floats, 64-byte aligned.
+static float * ggtune_scratch_get(size_t n) {
+    pthread_once(&ggtune_scratch_once, ggtune_scratch_init);
+    struct ggtune_scratch * b = pthread_getspecific(ggtune_scratch_key);
+    if (b == NULL) {
+        if ((b = calloc(1, sizeof(*b))) == NULL || pthread_setspecific(ggtune_scratch_key, b) != 0) {
+            abort();
+        }
+    }
+    if (b->n < n) {
+        free(b->p);
+        b->n = (n + 15) / 16 * 16;
+        if ((b->p = aligned_alloc(64, b->n * sizeof(float))) == NULL) {
+            abort();
+        }
+    }
+    return b->p;
+}
 
 // ggtune_to_float dequantizes n values of type at src into dst: Q8_0 (the
 // hottest case) with AVX-512 where the build has it, exactly as ggml does
@@ -273,10 +318,7 @@ static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, enum ggtun
     const ggml_to_float_t to_float = w->type == GGML_TYPE_F32 ? NULL : ggml_get_type_traits(w->type)->to_float;
     const int64_t mc = t1 - t0 < GGTUNE_MC ? (t1 - t0 + GGTUNE_MR - 1) / GGTUNE_MR * GGTUNE_MR : GGTUNE_MC;
     const int64_t nrow = GGTUNE_NC > 16 * GGTUNE_KC ? GGTUNE_NC : 16 * GGTUNE_KC;
-    float * bbuf = aligned_alloc(64, (size_t) (GGTUNE_KC * GGTUNE_NC + mc * GGTUNE_KC + nrow) * sizeof(float));
-    if (bbuf == NULL) {
-        abort();
-    }
+    float * bbuf = ggtune_scratch_get((size_t) (GGTUNE_KC * GGTUNE_NC + mc * GGTUNE_KC + nrow));
     float * abuf = bbuf + GGTUNE_KC * GGTUNE_NC;
     float * row = abuf + mc * GGTUNE_KC;
     const int64_t ldc = dst->nb[1] / sizeof(float);
@@ -307,7 +349,6 @@ static void ggtune_mm_run(struct ggml_tensor * dst, int ith, int nth, enum ggtun
             }
         }
     }
-    free(bbuf);
 }
 
 static void ggtune_mm_op(struct ggml_tensor * dst, int ith, int nth, void * userdata) {
