@@ -347,6 +347,38 @@ func (f *GGUFFile) ReadTensorFloats(name string) ([]float32, error) {
 	return out, nil
 }
 
+// ReadTensorRows reads n rows of a tensor from row r0 on (a row being its
+// first dimension) and converts them to float32, without reading the rest.
+func (f *GGUFFile) ReadTensorRows(name string, r0, n int64) ([]float32, error) {
+	ti, ok := f.TensorInfo(name)
+	if !ok {
+		return nil, fmt.Errorf("read tensor %q from %s: no such tensor", name, f.path)
+	}
+	if f.f == nil {
+		return nil, fmt.Errorf("read tensor %q: %w", name, ErrClosed)
+	}
+	if len(ti.Shape) == 0 {
+		return nil, fmt.Errorf("read tensor %q from %s: no dimensions", name, f.path)
+	}
+	rows := ti.Elements() / ti.Shape[0]
+	if r0 < 0 || n < 0 || r0+n > rows {
+		return nil, fmt.Errorf("read tensor %q from %s: %w: rows %d to %d of %d", name, f.path, ErrShape, r0, r0+n, rows)
+	}
+	rb, err := ti.Type.RowBytes(ti.Shape[0])
+	if err != nil {
+		return nil, fmt.Errorf("read tensor %q from %s: %w", name, f.path, err)
+	}
+	buf := make([]byte, n*rb)
+	if _, err := f.f.ReadAt(buf, f.dataOffset+ti.Offset+r0*rb); err != nil {
+		return nil, fmt.Errorf("read tensor %q from %s: %w", name, f.path, err)
+	}
+	out, err := DecodeFloats(ti.Type, buf, n*ti.Shape[0])
+	if err != nil {
+		return nil, fmt.Errorf("read tensor %q from %s: %w", name, f.path, err)
+	}
+	return out, nil
+}
+
 // GGUFWriter builds a GGUF (version 3) file and writes it atomically; tensor
 // data added with AddTensorFunc or AddFloatsFunc is produced while the file
 // is written, one tensor at a time, so that writing a model needs no copy

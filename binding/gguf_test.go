@@ -162,6 +162,13 @@ func TestGGUFRoundTrip(t *testing.T) {
 						break
 					}
 				}
+				// every row but the first, read alone
+				n := int64(len(vals)) / tt.shape[0]
+				rows, err := f.ReadTensorRows(tt.name, 1, n-1)
+				require.NoError(t, err)
+				assert.Equal(t, vals[tt.shape[0]:], rows, "%s rows 1 to %d", tt.name, n)
+				_, err = f.ReadTensorRows(tt.name, 1, n)
+				assert.ErrorIs(t, err, binding.ErrShape, "%s: one row past the end", tt.name)
 			}
 		})
 	}

@@ -180,13 +180,12 @@ func (p *Prompt) init(m *model.Model) error {
 		return err
 	}
 	defer f.Close()
-	emb, err := f.ReadTensorFloats("token_embd.weight")
+	const embd = "token_embd.weight"
+	d := p.shape.NEmbd
+	nVocab, std, err := rowStats(f, embd, d)
 	if err != nil {
 		return err
 	}
-	d := p.shape.NEmbd
-	nVocab := len(emb) / d
-	std := stddev(emb)
 	rng := rand.New(rand.NewPCG(p.cfg.Seed, 0x70726f6d7074))
 	normal := func(t *binding.Tensor, s float64) error {
 		v := make([]float32, t.Elements())
@@ -226,7 +225,14 @@ func (p *Prompt) init(m *model.Model) error {
 			}
 		}
 		for i, id := range ids {
-			copy(vals[i*d:(i+1)*d], emb[int(id)*d:(int(id)+1)*d])
+			if id < 0 || int(id) >= nVocab {
+				return fmt.Errorf("%w: init token %d outside the vocabulary of %d", ErrConfig, id, nVocab)
+			}
+			row, err := f.ReadTensorRows(embd, int64(id), 1)
+			if err != nil {
+				return err
+			}
+			copy(vals[i*d:(i+1)*d], row)
 		}
 		if err := p.Embeddings.SetFloats(vals); err != nil {
 			return err
@@ -261,12 +267,26 @@ func (p *Prompt) init(m *model.Model) error {
 	return nil
 }
 
-func stddev(x []float32) float64 {
-	var s, s2 float64
-	for _, v := range x {
-		s += float64(v)
-		s2 += float64(v) * float64(v)
+// rowStats returns the number of rows of d values of the named tensor and
+// the standard deviation of all its values, reading it a few thousand rows
+// at a time (a 152k-token embedding is 0.5 GiB in F32).
+func rowStats(f *binding.GGUFFile, name string, d int) (rows int, std float64, err error) {
+	ti, ok := f.TensorInfo(name)
+	if !ok || len(ti.Shape) == 0 || ti.Shape[0] != int64(d) {
+		return 0, 0, fmt.Errorf("%s in %s: %w: want rows of %d values", name, f.Path(), binding.ErrShape, d)
 	}
-	n := float64(len(x))
-	return math.Sqrt(math.Max(s2/n-(s/n)*(s/n), 1e-12))
+	n := ti.Elements() / int64(d)
+	var s, s2 float64
+	for r := int64(0); r < n; r += 4096 {
+		v, err := f.ReadTensorRows(name, r, min(4096, n-r))
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, x := range v {
+			s += float64(x)
+			s2 += float64(x) * float64(x)
+		}
+	}
+	m := float64(n) * float64(d)
+	return int(n), math.Sqrt(math.Max(s2/m-(s/m)*(s/m), 1e-12)), nil
 }
