@@ -68,6 +68,12 @@ static float * ggtune_scratch_get(size_t n) {
     return b->p;
 }
 
+#if defined(__AVX512F__)
+#define GGTUNE_Q8_0_DIRECT 1
+#else
+#define GGTUNE_Q8_0_DIRECT 0
+#endif
+
 // ggtune_to_float dequantizes n values of type at src into dst: Q8_0 (the
 // hottest case) with AVX-512 where the build has it, exactly as ggml does
 // (each int8 times the block's scale, in F32), any other type through
@@ -94,6 +100,25 @@ static void ggtune_to_float(enum ggml_type type, ggml_to_float_t to_float, const
     to_float(src, dst, n);
 }
 
+// ggtune_copy_padded copies n floats from src to dst and zeroes dst up to
+// total (at most 32): the packers' short copies, which memcpy would spend
+// more on calling than on copying.
+static inline void ggtune_copy_padded(float * dst, const float * src, int64_t n, int64_t total) {
+#if defined(__AVX512F__)
+    const __mmask16 l0 = n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
+    const __mmask16 l1 = n >= 32 ? (__mmask16) 0xffff : n <= 16 ? (__mmask16) 0 : (__mmask16) ((1u << (n - 16)) - 1);
+    const __mmask16 s0 = total >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << total) - 1);
+    const __mmask16 s1 = total >= 32 ? (__mmask16) 0xffff : total <= 16 ? (__mmask16) 0 : (__mmask16) ((1u << (total - 16)) - 1);
+    _mm512_mask_storeu_ps(dst, s0, _mm512_maskz_loadu_ps(l0, src));
+    if (s1) {
+        _mm512_mask_storeu_ps(dst + 16, s1, _mm512_maskz_loadu_ps(l1, src + 16));
+    }
+#else
+    memcpy(dst, src, (size_t) n * sizeof(float));
+    memset(dst + n, 0, (size_t) (total - n) * sizeof(float));
+#endif
+}
+
 // ggtune_pack_rows writes rows k0..k0+kb of w, columns j0..j0+nc, as strips
 // of GGTUNE_NR columns (strip s holds kb rows of GGTUNE_NR floats, zero past
 // nc), dequantizing each row segment through row: the panel of w·dy, where
@@ -102,20 +127,24 @@ static void ggtune_pack_rows(const struct ggml_tensor * w, ggml_to_float_t to_fl
                              float * buf, float * row) {
     const size_t off = (size_t) (j0 / ggml_blck_size(w->type)) * ggml_type_size(w->type);
     const int64_t ns = (nc + GGTUNE_NR - 1) / GGTUNE_NR;
+    // a Q8_0 block is one strip's row: dequantized in place
+    const int direct = GGTUNE_Q8_0_DIRECT && w->type == GGML_TYPE_Q8_0;
     for (int64_t k = 0; k < kb; k++) {
         const char * src = (const char *) w->data + (k0 + k) * w->nb[1] + off;
         const float * r = (const float *) src;
+        if (direct) {
+            for (int64_t s = 0; s < ns; s++) {
+                ggtune_to_float(w->type, to_float, src + s * ggml_type_size(w->type), buf + (s * kb + k) * GGTUNE_NR, GGTUNE_NR);
+            }
+            continue;
+        }
         if (to_float != NULL) {
             ggtune_to_float(w->type, to_float, src, row, nc);
             r = row;
         }
         for (int64_t s = 0; s < ns; s++) {
-            float * d = buf + (s * kb + k) * GGTUNE_NR;
             const int64_t n = nc - s * GGTUNE_NR < GGTUNE_NR ? nc - s * GGTUNE_NR : GGTUNE_NR;
-            memcpy(d, r + s * GGTUNE_NR, (size_t) n * sizeof(float));
-            if (n < GGTUNE_NR) {
-                memset(d + n, 0, (size_t) (GGTUNE_NR - n) * sizeof(float));
-            }
+            ggtune_copy_padded(buf + (s * kb + k) * GGTUNE_NR, r + s * GGTUNE_NR, n, GGTUNE_NR);
         }
     }
 }
@@ -201,21 +230,34 @@ static void ggtune_pack_a(const struct ggml_tensor * a, int trans, int64_t t0, i
     if (trans) {
         for (int64_t k = 0; k < kb; k++) {
             const float * src = (const float *) ((const char *) a->data + (k0 + k) * a->nb[1]) + t0;
-            memcpy(buf + k * GGTUNE_MR, src, (size_t) mr * sizeof(float));
-            memset(buf + k * GGTUNE_MR + mr, 0, (size_t) (GGTUNE_MR - mr) * sizeof(float));
+            ggtune_copy_padded(buf + k * GGTUNE_MR, src, mr, GGTUNE_MR);
         }
         return;
     }
-    for (int64_t r = 0; r < GGTUNE_MR; r++) {
-        if (r >= mr) {
-            for (int64_t k = 0; k < kb; k++) {
-                buf[k * GGTUNE_MR + r] = 0.0f;
+    const float * src[16];
+    for (int64_t r = 0; r < 16; r++) {
+        src[r] = r < mr ? (const float *) ((const char *) a->data + (t0 + r) * a->nb[1]) + k0 : NULL;
+    }
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    if (mr == GGTUNE_MR) {
+        // 16 × 16 transposes of the 12 rows (and 4 repeats of the first)
+        float tmp[16 * 16] __attribute__((aligned(64)));
+        for (; k + 16 <= kb; k += 16) {
+            const float * at[16];
+            for (int r = 0; r < 16; r++) {
+                at[r] = (r < GGTUNE_MR ? src[r] : src[0]) + k;
             }
-            continue;
+            ggtune_transpose16(at, tmp, 16);
+            for (int i = 0; i < 16; i++) {
+                _mm512_mask_storeu_ps(buf + (k + i) * GGTUNE_MR, (__mmask16) ((1u << GGTUNE_MR) - 1), _mm512_load_ps(tmp + i * 16));
+            }
         }
-        const float * src = (const float *) ((const char *) a->data + (t0 + r) * a->nb[1]) + k0;
-        for (int64_t k = 0; k < kb; k++) {
-            buf[k * GGTUNE_MR + r] = src[k];
+    }
+#endif
+    for (; k < kb; k++) {
+        for (int64_t r = 0; r < GGTUNE_MR; r++) {
+            buf[k * GGTUNE_MR + r] = r < mr ? src[r][k] : 0.0f;
         }
     }
 }

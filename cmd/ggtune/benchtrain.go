@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -306,17 +305,25 @@ func benchTrain(out io.Writer, models, shapes []string, asJSON bool, o benchOpts
 	fmt.Fprintf(out, "training benchmark: %s, %s, commit %s, %d threads, ctx %d, batch %d, median of %d steps after a warm-up\n",
 		host, binding.SystemInfo(), commitID(), o.threads, to.ctx, to.batch, to.steps-1)
 	fmt.Fprintln(out, "efficiency = train tok/s × (4 or 6 for full) / (2 × libllama prompt-eval tok/s)")
-	w := tabwriter.NewWriter(out, 0, 2, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "model\tfile MB\tmethod\ttrain tok/s\tpeak RSS MB\tllama pp tok/s\tefficiency\t")
+	// fixed columns, so that rows print as each model's measurements end
+	nameW := len("model")
+	for _, p := range models {
+		nameW = max(nameW, len(filepath.Base(p)))
+	}
+	row := func(name, size, method, tokS, rss, pp, eff string) {
+		fmt.Fprintf(out, "%*s  %7s  %22s  %11s  %11s  %14s  %10s\n", nameW, name, size, method, tokS, rss, pp, eff)
+	}
+	row("model", "file MB", "method", "train tok/s", "peak RSS MB", "llama pp tok/s", "efficiency")
 	for _, p := range models {
 		rep, err := benchTrainModel(p, dataPath, o, to)
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", p, err)
 		}
-		size := fileSize(p)
+		name, size := filepath.Base(p), fmt.Sprintf("%.0f", float64(fileSize(p))/1e6)
 		for _, m := range to.methods {
 			st := rep.Train[m]
-			fmt.Fprintf(w, "%s\t%.0f\t%s\t%.1f\t%.0f\t%.1f\t%.3f\t\n", filepath.Base(p), float64(size)/1e6, m, st.TokS, float64(st.PeakRSS)/1e6, rep.LlamaPP, st.Efficiency)
+			row(name, size, m, fmt.Sprintf("%.1f", st.TokS), fmt.Sprintf("%.0f", float64(st.PeakRSS)/1e6), fmt.Sprintf("%.1f", rep.LlamaPP),
+				fmt.Sprintf("%.3f", st.Efficiency))
 		}
 		for _, c := range to.sweep {
 			for _, ck := range []string{"off", "on"} {
@@ -327,12 +334,11 @@ func benchTrain(out io.Writer, models, shapes []string, asJSON bool, o benchOpts
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(w, "%s\t%.0f\tlora ctx %d ckpt %s\t%.1f\t%.0f\t\t\t\n", filepath.Base(p), float64(size)/1e6, c, ck, st.TokS, float64(st.PeakRSS)/1e6)
+				row(name, size, fmt.Sprintf("lora ctx %d ckpt %s", c, ck), fmt.Sprintf("%.1f", st.TokS), fmt.Sprintf("%.0f", float64(st.PeakRSS)/1e6), "", "")
 			}
 		}
-		w.Flush()
 	}
-	return w.Flush()
+	return nil
 }
 
 func containsShape(shapes []string, name string) bool {
