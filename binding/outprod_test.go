@@ -181,18 +181,9 @@ func TestProductsGEMM(t *testing.T) {
 			gx, err := g.Grad(x).Floats()
 			require.NoError(t, err)
 			require.Len(t, gx, int(c.in*c.n))
-			worst := 0.0
-			for p := int64(0); p < c.n; p++ {
-				for i := int64(0); i < c.in; i++ {
-					var want, scale float64
-					for o := int64(0); o < c.out; o++ {
-						v := float64(wf[o*c.in+i]) * float64(dyf[p*c.out+o])
-						want += v
-						scale += math.Abs(v)
-					}
-					worst = max(worst, math.Abs(float64(gx[p*c.in+i])-want)/scale)
-				}
-			}
+			worst := worstProduct(gx, c.n, c.in, c.out, func(p, i, o int64) float64 {
+				return float64(wf[o*c.in+i]) * float64(dyf[p*c.out+o])
+			})
 			assert.Less(t, worst, 1e-6, "input gradient: worst error relative to Σ|w·dy|")
 			// the forward product, through the loss Σ (w·x) ⊙ dy
 			var want, scale float64
@@ -216,19 +207,29 @@ func TestProductsGEMM(t *testing.T) {
 			}
 			gw, err := g.Grad(w).Floats()
 			require.NoError(t, err)
-			worst = 0
-			for o := int64(0); o < c.out; o++ {
-				for i := int64(0); i < c.in; i++ {
-					var want, scale float64
-					for p := int64(0); p < c.n; p++ {
-						v := float64(xf[p*c.in+i]) * float64(dyf[p*c.out+o])
-						want += v
-						scale += math.Abs(v)
-					}
-					worst = max(worst, math.Abs(float64(gw[o*c.in+i])-want)/scale)
-				}
-			}
+			worst = worstProduct(gw, c.out, c.in, c.n, func(o, i, p int64) float64 {
+				return float64(xf[p*c.in+i]) * float64(dyf[p*c.out+o])
+			})
 			assert.Less(t, worst, 1e-6, "weight gradient: worst error relative to Σ|x·dy|")
 		})
 	}
+}
+
+// worstProduct returns the largest error of got[r*cols+c] against the
+// float64 sum over k < inner of term(r, c, k), relative to the sum of the
+// terms' magnitudes.
+func worstProduct(got []float32, rows, cols, inner int64, term func(r, c, k int64) float64) float64 {
+	worst := 0.0
+	for r := int64(0); r < rows; r++ {
+		for c := int64(0); c < cols; c++ {
+			var want, scale float64
+			for k := int64(0); k < inner; k++ {
+				v := term(r, c, k)
+				want += v
+				scale += math.Abs(v)
+			}
+			worst = max(worst, math.Abs(float64(got[r*cols+c])-want)/scale)
+		}
+	}
+	return worst
 }
