@@ -112,7 +112,9 @@ const maxTransposeElems = 32 << 20
 func (g *Graph) SetTransposeLimit(elems int64) { g.transposeLimit = elems }
 
 // rewriteOutProd replaces the OUT_PROD nodes of the backward pass by faster
-// MUL_MAT nodes over transposed operands (see ggtune_rewrite_out_prod).
+// products: on the CPU ggtune's GEMM (which takes the graph's weight
+// products too), elsewhere MUL_MAT nodes over transposed operands (see
+// ggtune_rewrite_out_prod).
 func (g *Graph) rewriteOutProd(gradCtx *Context) error {
 	if g.plainOutProd {
 		return nil
@@ -143,7 +145,7 @@ func (g *Graph) rewriteOutProd(gradCtx *Context) error {
 	if r < 0 {
 		return fmt.Errorf("build backward: %w: rewriting OUT_PROD", ErrOutOfMemory)
 	}
-	Logger().Debug("backward: OUT_PROD rewritten as MUL_MAT", "rewritten", int(r), "out_prod", n, "nodes", g.NumNodes())
+	Logger().Debug("backward: OUT_PROD rewritten", "rewritten", int(r), "out_prod", n, "nodes", g.NumNodes())
 	return nil
 }
 

@@ -100,18 +100,23 @@ static void ggtune_to_float(enum ggml_type type, ggml_to_float_t to_float, const
     to_float(src, dst, n);
 }
 
+#if defined(__AVX512F__)
+// ggtune_lanes returns the mask of the first n of the 16 lanes of the
+// vector that holds elements 16·half to 16·half+15 of a run of n.
+static inline __mmask16 ggtune_lanes(int64_t n, int half) {
+    n -= 16 * half;
+    return n >= 16 ? (__mmask16) 0xffff : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+#endif
+
 // ggtune_copy_padded copies n floats from src to dst and zeroes dst up to
 // total (at most 32): the packers' short copies, which memcpy would spend
 // more on calling than on copying.
 static inline void ggtune_copy_padded(float * dst, const float * src, int64_t n, int64_t total) {
 #if defined(__AVX512F__)
-    const __mmask16 l0 = n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
-    const __mmask16 l1 = n >= 32 ? (__mmask16) 0xffff : n <= 16 ? (__mmask16) 0 : (__mmask16) ((1u << (n - 16)) - 1);
-    const __mmask16 s0 = total >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << total) - 1);
-    const __mmask16 s1 = total >= 32 ? (__mmask16) 0xffff : total <= 16 ? (__mmask16) 0 : (__mmask16) ((1u << (total - 16)) - 1);
-    _mm512_mask_storeu_ps(dst, s0, _mm512_maskz_loadu_ps(l0, src));
-    if (s1) {
-        _mm512_mask_storeu_ps(dst + 16, s1, _mm512_maskz_loadu_ps(l1, src + 16));
+    _mm512_mask_storeu_ps(dst, ggtune_lanes(total, 0), _mm512_maskz_loadu_ps(ggtune_lanes(n, 0), src));
+    if (total > 16) {
+        _mm512_mask_storeu_ps(dst + 16, ggtune_lanes(total, 1), _mm512_maskz_loadu_ps(ggtune_lanes(n, 1), src + 16));
     }
 #else
     memcpy(dst, src, (size_t) n * sizeof(float));
@@ -250,7 +255,7 @@ static void ggtune_pack_a(const struct ggml_tensor * a, int trans, int64_t t0, i
             }
             ggtune_transpose16(at, tmp, 16);
             for (int i = 0; i < 16; i++) {
-                _mm512_mask_storeu_ps(buf + (k + i) * GGTUNE_MR, (__mmask16) ((1u << GGTUNE_MR) - 1), _mm512_load_ps(tmp + i * 16));
+                _mm512_mask_storeu_ps(buf + (k + i) * GGTUNE_MR, ggtune_lanes(GGTUNE_MR, 0), _mm512_load_ps(tmp + i * 16));
             }
         }
     }
@@ -283,8 +288,7 @@ static void ggtune_mm_tile(int64_t kb, const float * restrict a, const float * r
             c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
         }
     }
-    const __mmask16 m0 = nc >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << nc) - 1);
-    const __mmask16 m1 = nc >= 32 ? (__mmask16) 0xffff : nc <= 16 ? (__mmask16) 0 : (__mmask16) ((1u << (nc - 16)) - 1);
+    const __mmask16 m0 = ggtune_lanes(nc, 0), m1 = ggtune_lanes(nc, 1);
     for (int r = 0; r < GGTUNE_MR; r++) {
         if (r >= mr) {
             break;

@@ -1,4 +1,5 @@
-// ggtune's input-gradient product for the CPU backend (not part of ggml).
+// ggtune's matrix products for training graphs on the CPU backend (not part
+// of ggml).
 #pragma once
 
 #include "ggml.h"

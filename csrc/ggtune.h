@@ -36,14 +36,15 @@ struct ggml_tensor * ggtune_transpose_f32(struct ggml_context * ctx, struct ggml
 // ggtune_rewrite_out_prod replaces the 2-D and 3-D OUT_PROD nodes of a backward
 // graph by faster products (ggml's CPU OUT_PROD is several times slower per
 // FLOP than its MUL_MAT, which uses tiled GEMM kernels). Unless portable is
-// set, an input gradient out_prod(w, transpose(dy)) becomes ggtune_mm_nn(w,
-// dy) (gemm.h), which reads w as it is. Any other becomes a MUL_MAT over
-// transposed operands, out_prod(a, b) = mul_mat(aᵀ, bᵀ), where the transpose of a
+// set, the 2-D OUT_PROD and MUL_MAT nodes that ggtune's GEMM takes (gemm.h:
+// input and weight gradients, forward products of weights) become that
+// GEMM, which reads the operands as they are. Any other OUT_PROD becomes a
+// MUL_MAT over transposed operands, out_prod(a, b) = mul_mat(aᵀ, bᵀ), where the transpose of a
 // transposed view is its source and any other operand is transposed into a
 // new F32 tensor inserted before the node, of at most max_elems elements: a
 // larger frozen matrix (a whole embedding) is transposed in slices of
 // max_elems/4 elements whose products are summed. It returns the number of
-// nodes rewritten, or -1 when out of memory.
+// OUT_PROD nodes rewritten, or -1 when out of memory.
 int ggtune_rewrite_out_prod(struct ggml_context * ctx, struct ggml_cgraph * graph, int64_t max_elems, int portable);
 
 struct ggml_tensor * ggtune_view_as(struct ggml_context * ctx, struct ggml_tensor * a, enum ggml_type type);
