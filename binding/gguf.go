@@ -314,14 +314,24 @@ func (f *GGUFFile) TensorInfo(name string) (GGUFTensorInfo, bool) {
 // DataOffset returns the file offset of the tensor data section.
 func (f *GGUFFile) DataOffset() int64 { return f.dataOffset }
 
-// ReadTensor reads the raw data of the tensor named name.
-func (f *GGUFFile) ReadTensor(name string) ([]byte, error) {
+// readable returns the directory entry of a tensor to read, or an error if
+// there is none or the file is closed.
+func (f *GGUFFile) readable(name string) (GGUFTensorInfo, error) {
 	ti, ok := f.TensorInfo(name)
 	if !ok {
-		return nil, fmt.Errorf("read tensor %q from %s: no such tensor", name, f.path)
+		return ti, fmt.Errorf("read tensor %q from %s: no such tensor", name, f.path)
 	}
 	if f.f == nil {
-		return nil, fmt.Errorf("read tensor %q: %w", name, ErrClosed)
+		return ti, fmt.Errorf("read tensor %q: %w", name, ErrClosed)
+	}
+	return ti, nil
+}
+
+// ReadTensor reads the raw data of the tensor named name.
+func (f *GGUFFile) ReadTensor(name string) ([]byte, error) {
+	ti, err := f.readable(name)
+	if err != nil {
+		return nil, err
 	}
 	buf := make([]byte, ti.Size)
 	if _, err := f.f.ReadAt(buf, f.dataOffset+ti.Offset); err != nil {
@@ -350,12 +360,9 @@ func (f *GGUFFile) ReadTensorFloats(name string) ([]float32, error) {
 // ReadTensorRows reads n rows of a tensor from row r0 on (a row being its
 // first dimension) and converts them to float32, without reading the rest.
 func (f *GGUFFile) ReadTensorRows(name string, r0, n int64) ([]float32, error) {
-	ti, ok := f.TensorInfo(name)
-	if !ok {
-		return nil, fmt.Errorf("read tensor %q from %s: no such tensor", name, f.path)
-	}
-	if f.f == nil {
-		return nil, fmt.Errorf("read tensor %q: %w", name, ErrClosed)
+	ti, err := f.readable(name)
+	if err != nil {
+		return nil, err
 	}
 	if len(ti.Shape) == 0 {
 		return nil, fmt.Errorf("read tensor %q from %s: no dimensions", name, f.path)

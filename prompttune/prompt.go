@@ -225,10 +225,7 @@ func (p *Prompt) init(m *model.Model) error {
 			}
 		}
 		for i, id := range ids {
-			if id < 0 || int(id) >= nVocab {
-				return fmt.Errorf("%w: init token %d outside the vocabulary of %d", ErrConfig, id, nVocab)
-			}
-			row, err := f.ReadTensorRows(embd, int64(id), 1)
+			row, err := f.ReadTensorRows(embd, int64(id), 1) // checks the row's range
 			if err != nil {
 				return err
 			}
